@@ -1,0 +1,87 @@
+"""Loading models and tokenizers from a local directory or a hub name; the vocab check."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from pipeline.errors import PipelineError
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    if name not in DTYPES:
+        raise PipelineError(f"unknown dtype {name!r}", f"use one of {sorted(DTYPES)}")
+    return DTYPES[name]
+
+
+def _check_source(name_or_path: str) -> None:
+    """A local directory must hold a model; anything else must look like a hub id."""
+    p = Path(name_or_path).expanduser()
+    if p.exists():
+        if not (p / "config.json").is_file():
+            raise PipelineError(
+                f"{name_or_path} is a directory without config.json",
+                "point the model key at a Hugging Face model directory (run the models stage first)",
+            )
+        return
+    is_hub_id = name_or_path.count("/") == 1 and not name_or_path.startswith((".", "/", "~"))
+    if not is_hub_id:
+        raise PipelineError(
+            f"model {name_or_path!r} is neither an existing directory nor a hub id (org/name)",
+            "run the models stage first, or give a hub id where a hub is reachable",
+        )
+
+
+def load_tokenizer(name_or_path: str):
+    from transformers import AutoTokenizer
+
+    _check_source(name_or_path)
+    tok = AutoTokenizer.from_pretrained(name_or_path)
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_model(name_or_path: str, dtype: str = "bfloat16"):
+    """A causal LM in eval mode; hub names work where a hub is reachable."""
+    from transformers import AutoModelForCausalLM
+
+    _check_source(name_or_path)
+    model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=torch_dtype(dtype))
+    model.eval()
+    return model
+
+
+def vocab_list(tokenizer) -> list[str]:
+    """Token strings by id (added tokens included)."""
+    vocab = tokenizer.get_vocab()
+    out = [""] * (max(vocab.values()) + 1)
+    for token, idx in vocab.items():
+        out[idx] = token
+    return out
+
+
+def check_same_vocab(source_tok, target_tok, source_vocab_rows: int | None = None,
+                     target_vocab_rows: int | None = None) -> None:
+    """Source and target must share the token list, index for index.
+
+    Extra LM-head rows beyond the tokenizer (padding rows) must match in count too, since
+    the alignment map pairs row ``i`` of one head with row ``i`` of the other.
+    """
+    a, b = vocab_list(source_tok), vocab_list(target_tok)
+    diffs = [i for i in range(min(len(a), len(b))) if a[i] != b[i]]
+    if diffs or len(a) != len(b):
+        shown = ", ".join(f"id {i}: {a[i]!r} vs {b[i]!r}" for i in diffs[:5])
+        size = f"sizes {len(a)} vs {len(b)}" if len(a) != len(b) else ""
+        raise PipelineError(
+            "source and target tokenizers differ: " + "; ".join(x for x in (shown, size) if x),
+            "SemAlign needs index-aligned vocabularies: pick a source/target pair of the same family and tokenizer",
+        )
+    if source_vocab_rows is not None and target_vocab_rows is not None and source_vocab_rows != target_vocab_rows:
+        raise PipelineError(
+            f"LM heads have {source_vocab_rows} (source) vs {target_vocab_rows} (target) rows",
+            "use models whose output embeddings have the same vocabulary size",
+        )
