@@ -1,0 +1,20 @@
+"""Materialising a model as a plain Hugging Face directory (local dir or hub name)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pipeline.artifacts import atomic_path
+from pipeline.loading import load_model, load_tokenizer
+
+
+def known_depth(spec: str) -> int | None:
+    return None
+
+
+def materialize(spec: str, out_dir: str | Path, dtype: str) -> None:
+    model = load_model(spec, dtype)
+    tok = load_tokenizer(spec)
+    with atomic_path(out_dir, is_dir=True) as tmp:
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
