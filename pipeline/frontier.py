@@ -214,7 +214,7 @@ def train_block(adapter: ModelAdapter, k: int, states: States, targets: LayerTar
         if cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         opt.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     module.eval()
     block = finish()
     after = stage.mean_loss()
