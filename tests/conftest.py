@@ -69,16 +69,25 @@ def repro(root: Path, env: dict, *args: str) -> set[str]:
     return set(RUNNING.findall(sh(root, env, "dvc", "repro", *args)))
 
 
+@pytest.fixture(scope="session")
+def shallow_pair(tmp_path_factory) -> tuple[Path, Path]:
+    """The smallest pair that still differs in every dimension: 3 -> 2 blocks (fast DVC tests)."""
+    from pipeline.tiny import write_pair
+
+    return write_pair(tmp_path_factory.mktemp("tiny_shallow"), "qwen2", seed=5,
+                      source_shape=(3, 32, 2, 1), target_shape=(2, 24, 2, 1))
+
+
 @pytest.fixture
-def tiny_project(tmp_path, tiny_pair):
-    """A git + DVC repo holding a copy of the project, set to the tiny pair and the toy task."""
+def tiny_project(tmp_path, shallow_pair):
+    """A git + DVC repo holding a copy of the project, set to the shallow pair and the toy task."""
     root = tmp_path / "proj"
     root.mkdir()
     for item in ("pipeline", "stages", "dvc.yaml", "params.yaml", ".gitignore"):
         src = ROOT / item
         (shutil.copytree(src, root / item, ignore=shutil.ignore_patterns("__pycache__"))
          if src.is_dir() else shutil.copy(src, root / item))
-    write_params(root, tiny_params(*tiny_pair), n_layers=4)
+    write_params(root, tiny_params(*shallow_pair), n_layers=2)
     env = dvc_env(tmp_path)
     sh(root, env, "git", "init", "-q")
     sh(root, env, "dvc", "init", "-q")

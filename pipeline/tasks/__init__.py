@@ -38,4 +38,4 @@ def builder(name: str) -> Builder:
 
 
 def _load_builtin() -> None:
-    from pipeline.tasks import toy  # noqa: F401  (registers itself)
+    from pipeline.tasks import toy, toy_copy  # noqa: F401  (each registers itself)
