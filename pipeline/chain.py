@@ -1,9 +1,11 @@
-"""The per-layer frontier chain in params.yaml, and the command that rewrites it.
+"""The per-layer frontier chain (chain.yaml), and the command that rewrites it.
 
 DVC templating has no arithmetic, so "stage k depends on stage k-1" is data: one entry per
 (task, target block), keyed ``<task>-L<k>``, naming its task, layer and the previous
-stage's key (``<task>-L00`` is the embedding stage). ``python -m pipeline.chain`` rewrites
-the block for the tasks in params.yaml and the target model's depth, keeping comments.
+stage's key (``<task>-L00`` is the embedding stage). dvc.yaml loads the file through
+``vars`` rather than params.yaml, so the chain's hundreds of structural entries never show
+up as parameter columns in ``dvc exp show``. ``python -m pipeline.chain`` rewrites it for
+the tasks in params.yaml and the target model's depth.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ import argparse
 import json
 import re
 from pathlib import Path
+
+import yaml
 
 from pipeline.errors import PipelineError
 
@@ -76,28 +80,34 @@ def target_depth(target: str, models_dir: Path = Path("models/target")) -> int:
     return depth
 
 
-def rewrite(params_path: Path, n_layers: int | None = None) -> dict:
-    from ruamel.yaml import YAML
+CHAIN = Path("chain.yaml")
+HEADER = ("# Written by `python -m pipeline.chain` for the tasks in params.yaml and the target's depth.\n"
+          "# One frontier stage per (task, target block); `prev` is the stage it starts from.\n")
 
-    yaml = YAML()
-    yaml.indent(mapping=2, sequence=2, offset=0)
-    yaml.representer.add_representer(type(None), lambda r, _: r.represent_scalar("tag:yaml.org,2002:null", "null"))
-    params = yaml.load(params_path.read_text())
-    tasks = list(params.get("tasks") or [])
+
+def load_chain(path: Path = CHAIN) -> dict:
+    if not path.is_file():
+        raise PipelineError(f"{path} is missing", "run `python -m pipeline.chain`")
+    return (yaml.safe_load(path.read_text()) or {}).get("chain") or {}
+
+
+def rewrite(params_path: Path = Path("params.yaml"), n_layers: int | None = None,
+            chain_path: Path = CHAIN) -> dict:
+    params = yaml.safe_load(params_path.read_text())
     n = n_layers or target_depth(str(params["models"]["target"]))
-    params["chain"] = build_chain(tasks, n)
-    with params_path.open("w") as f:
-        yaml.dump(params, f)
-    return params["chain"]
+    entries = build_chain(list(params.get("tasks") or []), n)
+    chain_path.write_text(HEADER + yaml.safe_dump({"chain": entries}, sort_keys=False))
+    return entries
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description="Rewrite the frontier chain in params.yaml for its tasks and target.")
+    ap = argparse.ArgumentParser(description="Rewrite chain.yaml for the tasks in params.yaml and the target.")
     ap.add_argument("--params", default="params.yaml", type=Path)
+    ap.add_argument("--chain", default=CHAIN, type=Path)
     ap.add_argument("--n-layers", type=int, help="target depth (default: read from the target model)")
     args = ap.parse_args()
-    chain = rewrite(args.params, args.n_layers)
-    print(f"chain: {len(chain)} frontier stages written to {args.params}")
+    chain = rewrite(args.params, args.n_layers, args.chain)
+    print(f"{len(chain)} frontier stages written to {args.chain}")
 
 
 if __name__ == "__main__":

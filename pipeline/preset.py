@@ -30,7 +30,7 @@ def apply(preset: Path, params_path: Path, n_layers: int | None) -> None:
     merge(params, yaml.load(preset.read_text()))
     with params_path.open("w") as f:
         yaml.dump(params, f)
-    chain.rewrite(params_path, n_layers)
+    chain.rewrite(params_path, n_layers, params_path.parent / "chain.yaml")
 
 
 def main() -> None:

@@ -17,7 +17,7 @@ def main() -> None:
     check_task(params, task)
     tgt = str(layout.model_dir("target"))
     target = ModelAdapter(load_model(tgt, str(section(params, "models").get("dtype", "bfloat16"))))
-    chain.check_chain(params.get("chain"), list(params["tasks"]), target.n_layers)
+    chain.check_chain(chain.load_chain(), list(params["tasks"]), target.n_layers)
     blocks = {k: load_tensors(layout.frontier_dir(task, chain.key(task, k, target.n_layers)) / "block.safetensors",
                               f"frontier@{chain.key(task, k, target.n_layers)}")
               for k in range(1, target.n_layers + 1)}

@@ -29,9 +29,9 @@ def layer_targets(task: str, k: int, need_prev: bool) -> LayerTargets:
 def main() -> None:
     stage_key = sys.argv[1]
     params = load_params()
-    entry = params.get("chain", {}).get(stage_key)
+    entry = chain.load_chain().get(stage_key)
     if entry is None:
-        raise PipelineError(f"{stage_key} is not in the chain of params.yaml", "run `python -m pipeline.chain`")
+        raise PipelineError(f"{stage_key} is not in chain.yaml", "run `python -m pipeline.chain`")
     task, k = chain.parse_key(stage_key)
     check_task(params, task)
     cfg = frontier_config(params)

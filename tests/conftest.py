@@ -52,10 +52,11 @@ def tiny_params(source: Path, target: Path, tasks=("toy",)) -> dict:
 
 
 def write_params(root: Path, params: dict, n_layers: int) -> None:
-    from pipeline.chain import build_chain
+    """params.yaml plus the matching chain.yaml."""
+    from pipeline.chain import rewrite
 
-    params["chain"] = build_chain(params["tasks"], n_layers)
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    rewrite(root / "params.yaml", n_layers, root / "chain.yaml")
 
 
 def sh(root: Path, env: dict, *cmd: str) -> str:
@@ -83,7 +84,7 @@ def tiny_project(tmp_path, shallow_pair):
     """A git + DVC repo holding a copy of the project, set to the shallow pair and the toy task."""
     root = tmp_path / "proj"
     root.mkdir()
-    for item in ("pipeline", "stages", "dvc.yaml", "params.yaml", ".gitignore"):
+    for item in ("pipeline", "stages", "dvc.yaml", "params.yaml", "chain.yaml", ".gitignore", ".dvc/config"):
         src = ROOT / item
         (shutil.copytree(src, root / item, ignore=shutil.ignore_patterns("__pycache__"))
          if src.is_dir() else shutil.copy(src, root / item))

@@ -12,7 +12,7 @@ import yaml
 
 from pipeline.adapter import ModelAdapter
 from pipeline.artifacts import atomic_path, load_tensors, read_json, save_tensors
-from pipeline.chain import build_chain, check_chain, target_depth
+from pipeline.chain import build_chain, check_chain, load_chain, target_depth
 from pipeline.errors import PipelineError
 from pipeline.frontier import FrontierConfig, OutputTargets, States, train_block
 from pipeline.loading import check_same_vocab, load_model, load_tokenizer
@@ -93,7 +93,7 @@ def run_stage(root: Path, *args: str) -> subprocess.CompletedProcess:
 def test_stage_with_corrupt_input_exits_cleanly_and_writes_nothing(tmp_path):
     import shutil
 
-    for item in ("pipeline", "stages", "params.yaml"):
+    for item in ("pipeline", "stages", "params.yaml", "chain.yaml"):
         src = ROOT / item
         shutil.copytree(src, tmp_path / item) if src.is_dir() else shutil.copy(src, tmp_path / item)
     (tmp_path / "artifacts/mmlu").mkdir(parents=True)
@@ -107,9 +107,9 @@ def test_stage_with_corrupt_input_exits_cleanly_and_writes_nothing(tmp_path):
     assert not (tmp_path / "data/tasks/klingon").exists()
 
 
-def test_params_chain_is_consistent_with_tasks_and_target_depth():
+def test_committed_chain_is_consistent_with_params_and_target_depth():
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    check_chain(params["chain"], params["tasks"], target_depth(str(params["models"]["target"])))
+    check_chain(load_chain(ROOT / "chain.yaml"), params["tasks"], target_depth(str(params["models"]["target"])))
 
 
 def test_chain_checker_catches_broken_chains():
