@@ -181,6 +181,10 @@ def plain_model(model, dtype: str):
 
 def save_plain(model, tokenizer, out: Path) -> None:
     model.save_pretrained(out)
+    # transformers records how *this* load happened (offline, from a local dir); those are
+    # not properties of the tokenizer and should not travel with the copy.
+    for key in ("local_files_only", "is_local"):
+        tokenizer.init_kwargs.pop(key, None)
     tokenizer.save_pretrained(out)
 
 
@@ -189,8 +193,7 @@ def load_gguf(directory: Path, filename: str, dtype: str):
 
     # dtype here makes transformers cast each tensor right after dequantising it, which
     # roughly halves the peak memory of the load for bfloat16.
-    # No local_files_only for the tokenizer: it would be saved into tokenizer_config.json.
-    tokenizer = AutoTokenizer.from_pretrained(directory, gguf_file=filename)
+    tokenizer = AutoTokenizer.from_pretrained(directory, gguf_file=filename, local_files_only=True)
     model = AutoModelForCausalLM.from_pretrained(directory, gguf_file=filename, dtype=torch_dtype(dtype),
                                                  local_files_only=True)
     return model, tokenizer

@@ -147,6 +147,9 @@ def test_local_directory_becomes_a_plain_copy(tmp_path):
     tok = AutoTokenizer.from_pretrained(out)
     assert model.dtype == torch.bfloat16
     assert tok.chat_template and len(tok) == model.config.vocab_size
+    text = "What is 12 + 7?  def add(a, b):\n    return a + b\n<|im_start|>user"
+    assert tok(text)["input_ids"] == AutoTokenizer.from_pretrained(src)(text)["input_ids"]
+    assert "local_files_only" not in (out / "tokenizer_config.json").read_text()
     original = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32)
     w = "model.layers.0.mlp.down_proj.weight"
     assert torch.equal(original.state_dict()[w].to(torch.bfloat16), model.state_dict()[w])
