@@ -1,27 +1,44 @@
-"""Stage `data@TASK`: build the task's splits (attribution, transfer, validation, evaluation)."""
+"""Stage `data@TASK`: build one task's splits and data card.
+
+    python -m stages.data TASK
+
+Reads ``seed`` and ``tasks_config.TASK`` from params.yaml and writes
+``data/tasks/TASK/{attribution,transfer,validation,evaluation}.jsonl`` and ``card.json``,
+in one rename: complete or not at all.
+"""
+
+from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 from pipeline import layout
 from pipeline.artifacts import atomic_path, write_json
-from pipeline.data import write_jsonl
-from pipeline.params import check_task, load_params, section
+from pipeline.data import SPLITS, validate_record, write_jsonl
+from pipeline.errors import PipelineError
+from pipeline.params import PARAMS, load_params
 from pipeline.runner import run_stage
 from pipeline.tasks import builder
 
 
-def main() -> None:
-    task = sys.argv[1]
-    params = load_params()
-    check_task(params, task)
-    cfg = section(params, "tasks_config").get(task) or {}
-    built = builder(task)(cfg, int(params.get("seed", 0)))
-    with atomic_path(layout.task_dir(task), is_dir=True) as tmp:
-        for split, records in built.splits.items():
-            write_jsonl(tmp / f"{split}.jsonl", records)
-        write_json(tmp / "card.json", built.card)
-    print(f"{task}: " + ", ".join(f"{s} {len(r)}" for s, r in built.splits.items()))
+def run(task: str, params_path: Path = PARAMS, out_root: Path = layout.TASKS) -> dict[str, int]:
+    params = load_params(params_path)
+    cfg = (params.get("tasks_config") or {}).get(task)
+    if not isinstance(cfg, dict):
+        raise PipelineError(f"params.yaml has no tasks_config.{task} block",
+                            f"add tasks_config.{task} with attribution/transfer/validation/evaluation sizes")
+    result = builder(task)(cfg, int(params.get("seed", 0)))
+    for split in SPLITS:
+        for record in result.splits[split]:
+            validate_record(record, f"{task}/{split}")
+    with atomic_path(Path(out_root) / task, is_dir=True) as tmp:
+        for split in SPLITS:
+            write_jsonl(tmp / f"{split}.jsonl", result.splits[split])
+        write_json(tmp / "card.json", result.card)
+    counts = {split: len(result.splits[split]) for split in SPLITS}
+    print(f"{task}: {counts}")
+    return counts
 
 
 if __name__ == "__main__":
-    run_stage(f"data@{sys.argv[1]}", main)
+    run_stage(f"data@{sys.argv[1]}", lambda: run(sys.argv[1]))

@@ -103,7 +103,7 @@ def test_stage_with_corrupt_input_exits_cleanly_and_writes_nothing(tmp_path):
     assert "not valid JSON" in res.stderr and "fix:" in res.stderr and "Traceback" not in res.stderr
     assert not (tmp_path / "artifacts/mmlu/pairing.json").exists()
     res = run_stage(tmp_path, "stages.data", "klingon")
-    assert res.returncode == 2 and "not listed under tasks" in res.stderr
+    assert res.returncode == 2 and "tasks_config.klingon" in res.stderr
     assert not (tmp_path / "data/tasks/klingon").exists()
 
 
@@ -123,3 +123,15 @@ def test_chain_checker_catches_broken_chains():
         check_chain(broken, ["a", "b"], 3)
     with pytest.raises(PipelineError, match="covers tasks"):
         check_chain(chain, ["a", "b", "c"], 3)
+
+
+def test_atomic_outputs_get_ordinary_permissions(tmp_path):
+    import os
+
+    save_tensors(tmp_path / "f.safetensors", {"x": torch.zeros(1)})
+    with atomic_path(tmp_path / "d", is_dir=True) as tmp:
+        (tmp / "a").write_text("x")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "f.safetensors").stat().st_mode & 0o777 == 0o666 & ~umask
+    assert (tmp_path / "d").stat().st_mode & 0o777 == 0o777 & ~umask

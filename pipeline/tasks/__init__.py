@@ -22,6 +22,17 @@ Builder = Callable[[dict, int], TaskBuild]
 REGISTRY: dict[str, Builder] = {}
 
 
+def chat_record(rid: str, task: str, prompt: str, answer: str, meta: dict[str, Any]) -> dict[str, Any]:
+    """One zero-shot record in the format of :mod:`pipeline.data`."""
+    return {"id": rid, "task": task,
+            "messages": [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}],
+            "meta": meta}
+
+
+def counts(splits: dict[str, list]) -> dict[str, int]:
+    return {split: len(records) for split, records in splits.items()}
+
+
 def register(name: str) -> Callable[[Builder], Builder]:
     def deco(fn: Builder) -> Builder:
         REGISTRY[name] = fn
@@ -38,4 +49,5 @@ def builder(name: str) -> Builder:
 
 
 def _load_builtin() -> None:
-    from pipeline.tasks import toy, toy_copy  # noqa: F401  (each registers itself)
+    # Each module registers itself on import; importing them reads no data.
+    from pipeline.tasks import gsm8k, humaneval, mbpp, mmlu, toy, toy_copy  # noqa: F401
