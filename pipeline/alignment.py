@@ -41,13 +41,14 @@ def thin_svd(weight: torch.Tensor, rtol: float | None = None) -> ThinSVD:
     if v_rows < d:
         raise PipelineError(f"LM head is {v_rows} x {d}: fewer vocabulary rows than width",
                             "semantic bases need V >= D; check the model's output embeddings")
-    evals, evecs = torch.linalg.eigh(w.T @ w)  # ascending
+    evals, evecs = torch.linalg.eigh(w.T @ w)  # ascending; D x D, cheap
     s = evals.clamp(min=0).sqrt().flip(0)
     v = evecs.flip(1)
     cutoff = (max(v_rows, d) * torch.finfo(torch.float32).eps if rtol is None else rtol) * s[0]
     keep = s > cutoff
     s, v = s[keep], v[:, keep]
-    u = (w @ v) / s
+    u = torch.matmul(w, v, out=None) / s
+    del w
     return ThinSVD(u=u, s=s, vh=v.T)
 
 

@@ -85,3 +85,34 @@ def check_same_vocab(source_tok, target_tok, source_vocab_rows: int | None = Non
             f"LM heads have {source_vocab_rows} (source) vs {target_vocab_rows} (target) rows",
             "use models whose output embeddings have the same vocabulary size",
         )
+
+
+def load_lm_head(model_dir: str | Path) -> torch.Tensor:
+    """The (V, D) output embedding of a local model directory, read alone from safetensors.
+
+    The alignment map needs only the two LM heads; reading them directly avoids
+    instantiating two full models (gigabytes) just to look at one matrix each.
+    """
+    import json
+
+    from safetensors import safe_open
+
+    from pipeline.adapter import FAMILIES
+
+    d = Path(model_dir)
+    _check_source(str(d))
+    config = json.loads((d / "config.json").read_text())
+    spec = FAMILIES.get(config.get("model_type"))
+    if spec is None:
+        raise PipelineError(f"model family {config.get('model_type')!r} is not supported yet",
+                            f"use one of {sorted(FAMILIES)} or add a FamilySpec in pipeline/adapter.py")
+    embed_key = f"{spec.backbone}.{spec.embed}.weight"
+    wanted = [embed_key] if config.get("tie_word_embeddings") else ["lm_head.weight", embed_key]
+    files = sorted(d.glob("*.safetensors"))
+    for key in wanted:
+        for f in files:
+            with safe_open(str(f), framework="pt") as st:
+                if key in st.keys():
+                    return st.get_tensor(key)
+    raise PipelineError(f"no output embedding ({' or '.join(wanted)}) in {d}",
+                        "point the model key at a complete Hugging Face safetensors checkpoint")

@@ -84,7 +84,8 @@ def tiny_project(tmp_path, shallow_pair):
     """A git + DVC repo holding a copy of the project, set to the shallow pair and the toy task."""
     root = tmp_path / "proj"
     root.mkdir()
-    for item in ("pipeline", "stages", "dvc.yaml", "params.yaml", "chain.yaml", ".gitignore", ".dvc/config"):
+    for item in ("pipeline", "stages", "dvc.yaml", "params.yaml", "chain.yaml", ".gitignore", ".dvc/config",
+                 "requirements-models.txt"):
         src = ROOT / item
         (shutil.copytree(src, root / item, ignore=shutil.ignore_patterns("__pycache__"))
          if src.is_dir() else shutil.copy(src, root / item))
