@@ -28,14 +28,16 @@ def install_block(adapter: ModelAdapter, k: int, state: dict[str, torch.Tensor])
 
 
 def export_model(adapter: ModelAdapter, tokenizer, blocks: dict[int, dict[str, torch.Tensor]],
-                 out_dir: str | Path, require_all: bool = True) -> None:
-    """Write target + trained blocks as a plain HF directory (atomically)."""
+                 out_dir: str | Path, require_all: bool = True, dtype: torch.dtype | None = None) -> None:
+    """Write target + trained blocks as a plain HF directory (atomically), in ``dtype``."""
     if require_all and sorted(blocks) != list(range(1, adapter.n_layers + 1)):
         missing = sorted(set(range(1, adapter.n_layers + 1)) - set(blocks))
         raise PipelineError(f"trained blocks are missing for target layers {missing}",
                             "run every frontier stage of this task's chain (`dvc repro`)")
     for k, state in sorted(blocks.items()):
         install_block(adapter, k, state)
+    if dtype is not None:
+        adapter.model.to(dtype)
     with atomic_path(out_dir, is_dir=True) as tmp:
         adapter.model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)

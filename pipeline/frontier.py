@@ -91,7 +91,7 @@ class OutputTargets:
 @dataclass
 class FrontierResult:
     block_state: dict[str, torch.Tensor]
-    states_out: torch.Tensor  # (N, T, D_t) h^(k) with the trained block, in the model dtype
+    states_out: torch.Tensor  # (N, T, D_t) h^(k) with the trained block, in the compute dtype
     losses: list[float]
     objective_before: float
     objective_after: float
@@ -180,8 +180,13 @@ def check_inputs(adapter: ModelAdapter, k: int, states: States, targets: LayerTa
 
 
 def train_block(adapter: ModelAdapter, k: int, states: States, targets: LayerTargets | None,
-                output: OutputTargets | None, cfg: FrontierConfig, progress: bool = True) -> FrontierResult:
-    """Train block k (1-based) alone and propagate the transfer split through it."""
+                output: OutputTargets | None, cfg: FrontierConfig, progress: bool = True,
+                store_dtype: torch.dtype | None = None) -> FrontierResult:
+    """Train block k (1-based) alone and propagate the transfer split through it.
+
+    With ``store_dtype`` the trained weights are rounded to it before propagating, so h^(k)
+    is exactly what the exported (stored-precision) model computes.
+    """
     check_inputs(adapter, k, states, targets, output, cfg)
     block = adapter.block(k)
     model_dtype = next(block.parameters()).dtype
@@ -219,8 +224,9 @@ def train_block(adapter: ModelAdapter, k: int, states: States, targets: LayerTar
     block = finish()
     after = stage.mean_loss()
     block.requires_grad_(False)
-    block.to(model_dtype)
+    block.to(store_dtype or model_dtype)
     state = {name: t.detach().clone() for name, t in block.state_dict().items()}
+    block.to(model_dtype)
     return FrontierResult(state, propagate(adapter, k, states, cfg.batch_size), losses, before, after)
 
 

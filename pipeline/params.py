@@ -49,3 +49,13 @@ def frontier_config(params: dict) -> FrontierConfig:
                          seed=int(params.get("seed", 0)))
     cfg.validate()
     return cfg
+
+
+def compute_dtype(params: dict) -> str:
+    """Precision models are loaded in for computation (float32 on CPUs without bf16 units)."""
+    return str(section(params, "models").get("compute_dtype", "float32"))
+
+
+def storage_dtype(params: dict) -> str:
+    """Precision of stored weights (materialised models, trained blocks, exported models)."""
+    return str(section(params, "models").get("dtype", "bfloat16"))

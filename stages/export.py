@@ -6,8 +6,8 @@ from pipeline import chain, layout
 from pipeline.adapter import ModelAdapter
 from pipeline.artifacts import load_tensors
 from pipeline.export import export_model
-from pipeline.loading import load_model, load_tokenizer
-from pipeline.params import check_task, load_params, section
+from pipeline.loading import load_model, load_tokenizer, torch_dtype
+from pipeline.params import check_task, compute_dtype, load_params, storage_dtype
 from pipeline.runner import run_stage
 
 
@@ -16,12 +16,12 @@ def main() -> None:
     params = load_params()
     check_task(params, task)
     tgt = str(layout.model_dir("target"))
-    target = ModelAdapter(load_model(tgt, str(section(params, "models").get("dtype", "bfloat16"))))
+    target = ModelAdapter(load_model(tgt, compute_dtype(params)))
     chain.check_chain(chain.load_chain(), list(params["tasks"]), target.n_layers)
     blocks = {k: load_tensors(layout.frontier_dir(task, chain.key(task, k, target.n_layers)) / "block.safetensors",
                               f"frontier@{chain.key(task, k, target.n_layers)}")
               for k in range(1, target.n_layers + 1)}
-    export_model(target, load_tokenizer(tgt), blocks, layout.export_dir(task))
+    export_model(target, load_tokenizer(tgt), blocks, layout.export_dir(task), dtype=torch_dtype(storage_dtype(params)))
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ from pipeline.artifacts import atomic_path, save_tensors
 from pipeline.capture import capture
 from pipeline.data import encode_split
 from pipeline.loading import load_model, load_tokenizer, torch_dtype
-from pipeline.params import check_task, load_params, section
+from pipeline.params import check_task, compute_dtype, load_params, section
 from pipeline.runner import run_stage
 
 SPLITS = ("transfer", "validation")
@@ -23,7 +23,7 @@ def main() -> None:
     src = str(layout.model_dir("source"))
     tok = load_tokenizer(src)
     encoded = {s: encode_split(tok, layout.task_dir(task), s, data) for s in SPLITS}  # fail on bad data first
-    adapter = ModelAdapter(load_model(src, str(section(params, "models").get("dtype", "bfloat16"))))
+    adapter = ModelAdapter(load_model(src, compute_dtype(params)))
     layers = list(range(0, adapter.n_layers + 1))
     with atomic_path(layout.source_dir(task), is_dir=True) as tmp:
         for split, enc in encoded.items():

@@ -3,17 +3,16 @@ Fisher statistics of the aligned logits z~_k = W_t n_t(h~_k) on the transfer spl
 
 import sys
 
-import torch
 from tqdm.auto import tqdm
 
 from pipeline import layout
 from pipeline.adapter import ModelAdapter
 from pipeline.alignment import align
-from pipeline.errors import PipelineError
 from pipeline.artifacts import atomic_path, load_tensors, read_json, save_tensors
+from pipeline.errors import PipelineError
 from pipeline.loading import load_model, torch_dtype
 from pipeline.pairing import validate_pairing
-from pipeline.params import check_task, load_params, section
+from pipeline.params import check_task, compute_dtype, load_params, section
 from pipeline.runner import run_stage
 from pipeline.supervision import aligned_state, fisher_stats, source_loader
 
@@ -26,7 +25,7 @@ def main() -> None:
     pairing = read_json(layout.pairing_file(task), "the pair stage")
     validate_pairing(pairing)
     amap = load_tensors(layout.alignment_dir() / "map.safetensors", "the align stage")["map"]
-    target = ModelAdapter(load_model(str(layout.model_dir("target")), str(section(params, "models").get("dtype", "bfloat16"))))
+    target = ModelAdapter(load_model(str(layout.model_dir("target")), compute_dtype(params)))
     if pairing["n_target"] != target.n_layers:
         raise PipelineError(f"pairing is for {pairing['n_target']} target layers, the target has {target.n_layers}",
                             "re-run the pair stage for this model pair (`dvc repro`)")

@@ -14,8 +14,8 @@ from pipeline.adapter import ModelAdapter
 from pipeline.artifacts import atomic_path, load_tensors, save_tensors, write_json
 from pipeline.errors import PipelineError
 from pipeline.frontier import LayerTargets, OutputTargets, States, train_block
-from pipeline.loading import load_model
-from pipeline.params import check_task, frontier_config, load_params, section
+from pipeline.loading import load_model, torch_dtype
+from pipeline.params import check_task, compute_dtype, frontier_config, load_params, storage_dtype
 from pipeline.runner import run_stage
 
 
@@ -35,7 +35,7 @@ def main() -> None:
     task, k = chain.parse_key(stage_key)
     check_task(params, task)
     cfg = frontier_config(params)
-    target = ModelAdapter(load_model(str(layout.model_dir("target")), str(section(params, "models").get("dtype", "bfloat16"))))
+    target = ModelAdapter(load_model(str(layout.model_dir("target")), compute_dtype(params)))
     target.check_layer(k, "frontier layer")
     prev = load_tensors(layout.frontier_dir(task, entry["prev"]) / "states.safetensors", f"frontier@{entry['prev']}")
     source_tokens = load_tensors(layout.source_dir(task) / "transfer" / "tokens.safetensors", "the extract stage")
@@ -49,10 +49,11 @@ def main() -> None:
     if is_last or cfg.kl_every_stage:
         out = load_tensors(layout.source_dir(task) / "transfer" / "output_topk.safetensors", "the extract stage")
         output = OutputTargets(out["topk_ids"], out["topk_logits"])
-    result = train_block(target, k, states, targets, output, cfg)
+    store = torch_dtype(storage_dtype(params))
+    result = train_block(target, k, states, targets, output, cfg, store_dtype=store)
     with atomic_path(layout.frontier_dir(task, stage_key), is_dir=True) as tmp:
         save_tensors(tmp / "block.safetensors", result.block_state, {"layer": k, "prefix": target.block_prefix(k)})
-        save_tensors(tmp / "states.safetensors", {"hidden": result.states_out, "input_ids": prev["input_ids"],
+        save_tensors(tmp / "states.safetensors", {"hidden": result.states_out.to(store), "input_ids": prev["input_ids"],
                                                   "attention_mask": prev["attention_mask"],
                                                   "supervised": prev["supervised"]})
         write_json(tmp / "log.json", {"key": stage_key, "layer": k, "objective": "output_kl" if is_last else cfg.objective,

@@ -11,7 +11,7 @@ from pipeline.adapter import ModelAdapter
 from pipeline.artifacts import load_metadata, load_tensors, read_json, write_json
 from pipeline.data import encoded_from_tensors
 from pipeline.loading import load_model
-from pipeline.params import check_task, load_params, section
+from pipeline.params import check_task, compute_dtype, load_params, section
 from pipeline.quality import layer_agreement, output_agreement, target_states
 from pipeline.runner import run_stage
 from pipeline.supervision import aligned_logits_chunks, aligned_state, source_loader
@@ -22,7 +22,7 @@ def main() -> None:
     params = load_params()
     check_task(params, task)
     batch = int(section(params, "quality")["batch_size"])
-    dtype = str(section(params, "models").get("dtype", "bfloat16"))
+    dtype = compute_dtype(params)
     val = layout.source_dir(task) / "validation"
     tokens_file = val / "tokens.safetensors"
     enc = encoded_from_tensors(load_metadata(tokens_file)["ids"] if tokens_file.is_file() else [],
