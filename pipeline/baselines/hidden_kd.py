@@ -17,6 +17,7 @@ from torch import nn
 
 from pipeline import lora
 from pipeline.adapter import ModelAdapter
+from pipeline.baselines import cached_source
 from pipeline.baselines.context import Context, Result, trim
 from pipeline.baselines.kd import KDSettings, kd_loss, load_transfer, position_rows
 from pipeline.baselines.losses import HIDDEN_LOSSES, hidden_loss
@@ -45,8 +46,6 @@ def prepare(ctx: Context) -> HiddenKDSettings:
         raise PipelineError(f"unknown baselines.hidden_kd.loss {s.loss!r}", f"use one of {HIDDEN_LOSSES}")
     ctx.require_models(source=True)  # only the source's config.json: its depth fixes the pairing
     ctx.require_splits("transfer")
-    from pipeline.baselines import cached_source
-
     cached_source.open_split(ctx.paths.cache / "transfer", layers=tuple(sorted(set(layer_pairs(ctx, s).values()))))
     return s
 
