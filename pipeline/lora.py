@@ -6,7 +6,7 @@ Module roles (``q``, ``up``, ...) are translated to the family's module paths by
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from torch import nn

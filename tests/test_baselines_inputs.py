@@ -117,3 +117,35 @@ def test_cost_measures_time_and_its_own_peak():
     assert big.wall_s > 0 and big.peak_rss_bytes > 0
     if big.peak_rss_scope == "measurement":
         assert big.peak_rss_bytes - small.peak_rss_bytes > 32 * 2**20
+
+
+@pytest.mark.parametrize("method", ["seeking", "laten"])
+def test_shallower_source_is_refused_before_loading(params, project, method, monkeypatch):
+    models = project / "models"
+    (models / "source").rename(models / "tmp")
+    (models / "target").rename(models / "source")
+    (models / "tmp").rename(models / "target")
+    monkeypatch.setattr("pipeline.baselines.context.load_model", lambda *a, **k: pytest.fail("loaded a model"))
+    ctx = runner.make_context(params, method, "toy", 0, project)
+    with pytest.raises(PipelineError, match="the source has only 4"):
+        runner.run(ctx, project / "out")
+
+
+def test_stage_script_writes_a_loadable_model_dir(params, project):
+    import json
+
+    import yaml
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    params["baselines"]["train"]["max_steps"] = 2
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
+    proc = subprocess.run([sys.executable, str(REPO / "stages" / "baseline.py"), "sft", "toy", "--seed", "1"],
+                          cwd=project, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    out = project / "artifacts" / "toy" / "baselines" / "sft-s1"
+    cost = json.loads((out / "cost.json").read_text())
+    assert cost["seed"] == 1 and cost["wall_s"] > 0 and cost["peak_rss_bytes"] > 0
+    assert len(json.loads((out / "log.json").read_text())["train"]) == 2
+    AutoModelForCausalLM.from_pretrained(out)
+    AutoTokenizer.from_pretrained(out)
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]  # no temporary leftovers

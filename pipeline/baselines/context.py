@@ -94,6 +94,14 @@ class Context:
         if source:
             self.require(self.paths.source / "config.json", fix=fix)
 
+    def require_deeper_source(self) -> None:
+        """Methods that give each target block one source block need L_s >= L_t (config only)."""
+        n_s, n_t = depth(self.paths.source), depth(self.paths.target)
+        if n_t > n_s:
+            raise PipelineError(f"{self.method} maps each of the target's {n_t} blocks to its own source block, "
+                                f"but the source has only {n_s}",
+                                "use a deeper source than target (check models/source and models/target)")
+
     def require_splits(self, *splits: str) -> None:
         self.require(*(self.split_file(s) for s in splits), fix="run the data stage for this task first")
 
@@ -119,6 +127,11 @@ class Context:
         config = json.loads((self.paths.target / "config.json").read_text())
         name = config.get("dtype") or config.get("torch_dtype") or "float32"
         return DTYPES.get(str(name), torch.float32)
+
+
+def depth(model_dir: Path) -> int:
+    """Number of decoder blocks, read from config.json (no weights loaded)."""
+    return int(json.loads((Path(model_dir) / "config.json").read_text())["num_hidden_layers"])
 
 
 @dataclass

@@ -9,7 +9,6 @@ comparison with SemAlign isolates what the vocabulary-basis alignment adds over 
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 
 import torch
@@ -18,7 +17,7 @@ from torch import nn
 from pipeline import lora
 from pipeline.adapter import ModelAdapter
 from pipeline.baselines import cached_source
-from pipeline.baselines.context import Context, Result, trim
+from pipeline.baselines.context import Context, Result, depth, trim
 from pipeline.baselines.kd import KDSettings, kd_loss, load_transfer, position_rows
 from pipeline.baselines.losses import HIDDEN_LOSSES, hidden_loss
 from pipeline.errors import PipelineError
@@ -50,14 +49,10 @@ def prepare(ctx: Context) -> HiddenKDSettings:
     return s
 
 
-def n_layers(config_dir) -> int:
-    return int(json.loads((config_dir / "config.json").read_text())["num_hidden_layers"])
-
-
 def layer_pairs(ctx: Context, s: HiddenKDSettings) -> dict[int, int]:
     """Target block -> source layer (1-based), floor map, restricted to ``s.layers``."""
-    n_t = n_layers(ctx.paths.target)
-    pairs = dict(enumerate(base_map(n_layers(ctx.paths.source), n_t), start=1))
+    n_t = depth(ctx.paths.target)
+    pairs = dict(enumerate(base_map(depth(ctx.paths.source), n_t), start=1))
     chosen = s.layers or tuple(pairs)
     bad = [k for k in chosen if k not in pairs]
     if bad:

@@ -63,6 +63,7 @@ def prepare(ctx: Context) -> SeekingSettings:
         raise PipelineError("baselines.seeking.seed_examples must be at least 1", "the paper uses 32")
     ctx.require_models(source=True)
     ctx.require_splits("attribution", "transfer")
+    ctx.require_deeper_source()
     return s
 
 
