@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import torch
-from datasets import Dataset
 
 from pipeline.errors import PipelineError
 
@@ -67,8 +66,10 @@ def validate_record(record: dict[str, Any], where: str = "record") -> None:
         )
 
 
-def load_split(task_dir: str | os.PathLike, split: str) -> Dataset:
+def load_split(task_dir: str | os.PathLike, split: str):
     """One split of a task as a `datasets.Dataset` (columns id, task, messages, meta)."""
+    from datasets import Dataset  # imported here: it adds seconds to every stage's start-up
+
     if split not in SPLITS:
         raise PipelineError(f"unknown split {split!r}", f"use one of {', '.join(SPLITS)}")
     records = read_jsonl(Path(task_dir) / f"{split}.jsonl")
@@ -129,11 +130,12 @@ class EncodedSplit:
 
 def encode(
     tokenizer,
-    records: Sequence[dict[str, Any]] | Dataset,
+    records: Sequence[dict[str, Any]] | Any,
     max_length: int,
     supervise: str = "answer",
 ) -> EncodedSplit:
-    """Tokenise records; truncate prompts from the left so the answer survives."""
+    """Tokenise records (a list or a `datasets.Dataset`); prompts are cut from the left so the
+    answer survives."""
     if supervise not in SUPERVISE_MODES:
         raise PipelineError(f"unknown supervise mode {supervise!r}", f"set data.supervise to one of {SUPERVISE_MODES}")
     if max_length < 4:
@@ -174,3 +176,9 @@ def encoded_from_tensors(ids: list[str], tensors: dict[str, torch.Tensor]) -> En
 
 def batches(n: int, batch_size: int) -> list[slice]:
     return [slice(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]
+
+
+def encode_split(tokenizer, task_dir: str | os.PathLike, split: str, data_params: dict) -> EncodedSplit:
+    """Read and tokenise one split with the data block of params.yaml (max_length, supervise)."""
+    return encode(tokenizer, load_split(task_dir, split),
+                  int(data_params.get("max_length", 512)), str(data_params.get("supervise", "answer")))

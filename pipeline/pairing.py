@@ -36,12 +36,13 @@ def attributed_map(scores: list[float], n_target: int) -> list[int]:
 def critical_map(scores: list[float], n_target: int, n_critical: int) -> list[int]:
     """v1: the floor map, then each unpaired critical layer l* moves to k' = min{k: base(k) >= l*}."""
     n_source = len(scores)
-    pairs = base_map(n_source, n_target)
+    base = base_map(n_source, n_target)
+    pairs = list(base)
     ranked = sorted(range(1, n_source + 1), key=lambda l: -scores[l - 1])[:n_critical]
     for l_star in ranked:
         if l_star in pairs:
             continue
-        k = next((k for k in range(1, n_target + 1) if base_map(n_source, n_target)[k - 1] >= l_star), n_target)
+        k = next((k for k in range(1, n_target + 1) if base[k - 1] >= l_star), n_target)
         pairs[k - 1] = l_star
     return pairs
 

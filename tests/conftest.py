@@ -1,67 +1,87 @@
-"""Shared fixtures: a tiny project root with models, toy task splits and cached source outputs."""
+"""Shared fixtures: tiny model pairs and a tiny copy of the whole DVC project."""
 
 from __future__ import annotations
 
-import copy
+import os
+import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
-import torch
+import yaml
 
-from pipeline.data import write_jsonl
-from pipeline.tasks import toy
-from pipeline.tiny import write_pair
-from source_cache_writer import write_source_cache
-
-TASK = "toy"
-MAX_LENGTH = 64
-SIZES = {"attribution": 8, "transfer": 16, "validation": 8, "evaluation": 0}
-
-torch.set_num_threads(2)
-
-
-def tiny_params() -> dict:
-    """A params.yaml ``baselines`` block sized for seconds-long runs on the tiny pair."""
-    return {"baselines": {
-        "seeds": [0, 1],
-        "max_length": MAX_LENGTH,
-        "supervise": "answer",
-        "compute_dtype": "float32",
-        "save_dtype": "auto",
-        "lora": {"r": 16, "alpha": 16, "dropout": 0.05, "targets": ["q", "k", "v", "o", "gate", "up", "down"]},
-        "train": {"epochs": 6, "max_steps": 6, "batch_size": 16, "lr": 1e-2, "warmup_ratio": 0.0, "grad_clip": 1.0},
-        "sft": {"tasks": [TASK]},
-        "kd": {"tasks": [TASK], "temperature": 2.0, "ce_weight": 0.0},
-        "hidden_kd": {"tasks": [TASK], "loss": "cosine", "hidden_weight": 1.0, "kl_weight": 1.0},
-        "seeking": {"tasks": [TASK], "seed_examples": 8, "rank": 16},
-        "laten": {"tasks": [TASK], "rate": 0.1, "rates": [0.1, 0.3], "extract_examples": 4, "align_examples": 16,
-                  "val_examples": 8, "eval_every": 3, "train": {"lr": 1e-2, "weight_decay": 0.05}},
-    }}
+ROOT = Path(__file__).resolve().parents[1]
+RUNNING = re.compile(r"^Running stage '([^']+)'", re.M)
 
 
 @pytest.fixture(scope="session")
-def tiny_root(tmp_path_factory) -> Path:
-    """models/{source,target}, data/tasks/toy/*.jsonl, artifacts/toy/source/{transfer,validation} (K = V)."""
-    root = tmp_path_factory.mktemp("project")
-    source, _ = write_pair(root / "models")
-    splits = toy.build(SIZES, seed=0).splits
-    for name, records in splits.items():
-        if records:
-            write_jsonl(root / "data" / "tasks" / TASK / f"{name}.jsonl", records)
-    for split in ("transfer", "validation"):
-        write_source_cache(source, splits[split], root / "artifacts" / TASK / "source" / split, MAX_LENGTH)
-    return root
+def tiny_pair(tmp_path_factory) -> tuple[Path, Path]:
+    """Qwen2 source (6 x 64, 4 heads of 16) and target (4 x 48, 2 heads of 24)."""
+    from pipeline.tiny import write_pair
+
+    return write_pair(tmp_path_factory.mktemp("tiny_qwen2"), "qwen2")
 
 
-@pytest.fixture()
-def project(tiny_root, tmp_path) -> Path:
-    """A private copy of the tiny root (a test may delete or add files)."""
-    root = tmp_path / "project"
-    shutil.copytree(tiny_root, root)
-    return root
+@pytest.fixture(scope="session")
+def tiny_llama_pair(tmp_path_factory) -> tuple[Path, Path]:
+    from pipeline.tiny import write_pair
+
+    return write_pair(tmp_path_factory.mktemp("tiny_llama"), "llama", seed=3)
 
 
-@pytest.fixture()
-def params() -> dict:
-    return copy.deepcopy(tiny_params())
+def dvc_env(tmp: Path) -> dict[str, str]:
+    return dict(os.environ, DVC_NO_ANALYTICS="1", DVC_SITE_CACHE_DIR=str(tmp / "dvc-site"),
+                GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@example.invalid",
+                GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@example.invalid",
+                TQDM_DISABLE="1", PYTHONPATH="",
+                PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+
+
+def tiny_params(source: Path, target: Path, tasks=("toy",)) -> dict:
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["models"] = {"source": str(source), "target": str(target), "dtype": "float32"}
+    params["tasks"] = list(tasks)
+    params["tasks_config"] = {t: {"attribution": 3, "transfer": 6, "validation": 4, "evaluation": 4} for t in tasks}
+    params["data"]["max_length"] = 48
+    params["extract"].update(batch_size=4, top_k=16)
+    params["fisher"]["top_k"] = 16
+    params["frontier"].update(steps=3, batch_size=3, lr=1e-3)
+    return params
+
+
+def write_params(root: Path, params: dict, n_layers: int) -> None:
+    from pipeline.chain import build_chain
+
+    params["chain"] = build_chain(params["tasks"], n_layers)
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def sh(root: Path, env: dict, *cmd: str) -> str:
+    out = subprocess.run(list(cmd), cwd=root, env=env, capture_output=True, text=True)
+    if out.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({out.returncode}):\n{out.stdout}\n{out.stderr}")
+    return out.stdout + out.stderr
+
+
+def repro(root: Path, env: dict, *args: str) -> set[str]:
+    return set(RUNNING.findall(sh(root, env, "dvc", "repro", *args)))
+
+
+@pytest.fixture
+def tiny_project(tmp_path, tiny_pair):
+    """A git + DVC repo holding a copy of the project, set to the tiny pair and the toy task."""
+    root = tmp_path / "proj"
+    root.mkdir()
+    for item in ("pipeline", "stages", "dvc.yaml", "params.yaml", ".gitignore"):
+        src = ROOT / item
+        (shutil.copytree(src, root / item, ignore=shutil.ignore_patterns("__pycache__"))
+         if src.is_dir() else shutil.copy(src, root / item))
+    write_params(root, tiny_params(*tiny_pair), n_layers=4)
+    env = dvc_env(tmp_path)
+    sh(root, env, "git", "init", "-q")
+    sh(root, env, "dvc", "init", "-q")
+    sh(root, env, "git", "add", "-A")
+    sh(root, env, "git", "commit", "-qm", "init")
+    return root, env

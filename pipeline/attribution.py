@@ -1,0 +1,79 @@
+"""Layer Gradient x Activation on the source, all layers in one backward pass.
+
+score(l) = mean over examples of agg(dL_i/dh^(l) * h^(l)), with L_i the source's own
+cross-entropy on example i's supervised tokens. Summing the per-example losses inside a
+batch keeps gradients per example exact (examples do not interact), so one backward pass
+per batch gives every layer's score.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from pipeline.adapter import ModelAdapter
+from pipeline.data import EncodedSplit, batches
+from pipeline.errors import PipelineError
+
+AGGREGATES = ("frobenius", "abs_sum", "signed_sum")
+
+
+def per_example_loss(logits: torch.Tensor, input_ids: torch.Tensor, supervised: torch.Tensor) -> torch.Tensor:
+    """(B,) mean CE of each example over its supervised prediction positions."""
+    targets = torch.roll(input_ids, shifts=-1, dims=1)
+    ce = F.cross_entropy(logits.float().transpose(1, 2), targets, reduction="none")  # (B, T)
+    mask = supervised.float()
+    return (ce * mask).sum(1) / mask.sum(1).clamp(min=1)
+
+
+def aggregate(product: torch.Tensor, how: str) -> torch.Tensor:
+    """(B, T, D) gradient*activation -> (B,) one number per example."""
+    if how == "frobenius":
+        return product.flatten(1).norm(dim=1)
+    if how == "abs_sum":
+        return product.abs().flatten(1).sum(1)
+    if how == "signed_sum":
+        return product.flatten(1).sum(1)
+    raise PipelineError(f"unknown attribution aggregate {how!r}", f"set attribution.aggregate to one of {AGGREGATES}")
+
+
+def layer_scores(adapter: ModelAdapter, encoded: EncodedSplit, batch_size: int,
+                 how: str = "frobenius", progress: bool = True) -> list[float]:
+    """One score per source block (1..L), averaged over examples."""
+    aggregate(torch.zeros(1, 1, 1), how)  # validate before heavy work
+    if encoded.n_supervised == 0:
+        raise PipelineError("the attribution split has no supervised tokens", "check data.max_length and the split")
+    acts: list[torch.Tensor] = [None] * adapter.n_layers  # type: ignore[list-item]
+
+    def keep(k: int):
+        def hook(_module, _inputs, output):
+            h = output[0] if isinstance(output, tuple) else output
+            h.retain_grad()
+            acts[k] = h
+        return hook
+
+    # Only activations need gradients: frozen weights spare a parameter-sized gradient buffer.
+    trainable = [p for p in adapter.model.parameters() if p.requires_grad]
+    adapter.model.requires_grad_(False)
+    handles = [adapter.embedding.register_forward_hook(lambda _m, _i, out: out.requires_grad_(True))]
+    handles += [adapter.block(k).register_forward_hook(keep(k - 1)) for k in range(1, adapter.n_layers + 1)]
+    totals = torch.zeros(adapter.n_layers, dtype=torch.float64)
+    try:
+        for sl in tqdm(batches(len(encoded.ids), batch_size), desc="attribute", disable=not progress):
+            out = adapter.model(input_ids=encoded.input_ids[sl], attention_mask=encoded.attention_mask[sl])
+            per_example_loss(out.logits, encoded.input_ids[sl], encoded.supervised[sl]).sum().backward()
+            live = encoded.attention_mask[sl].unsqueeze(-1).to(acts[0].dtype)
+            for k, h in enumerate(acts):
+                totals[k] += aggregate((h.grad * h * live).float(), how).double().sum()
+    finally:
+        for h in handles:
+            h.remove()
+        for p in trainable:
+            p.requires_grad_(True)
+    return (totals / len(encoded.ids)).tolist()
+
+
+def critical_layers(scores: list[float], n: int) -> list[int]:
+    """The n highest-scoring source layers (1-based), best first."""
+    return sorted(range(1, len(scores) + 1), key=lambda l: -abs(scores[l - 1]))[:n]

@@ -1,0 +1,61 @@
+"""Where every artifact lives, relative to the project root (one place for stages and tests)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+MODELS = Path("models")
+TASKS = Path("data/tasks")
+ARTIFACTS = Path("artifacts")
+METRICS = Path("metrics")
+PLOTS = Path("plots")
+
+
+def model_dir(role: str) -> Path:
+    return MODELS / role
+
+
+def task_dir(task: str) -> Path:
+    return TASKS / task
+
+
+def alignment_dir() -> Path:
+    return ARTIFACTS / "alignment"
+
+
+def source_dir(task: str) -> Path:
+    """Extraction output: one sub-directory per split (transfer, validation)."""
+    return ARTIFACTS / task / "source"
+
+
+def layer_file(directory: Path, layer: int) -> Path:
+    return Path(directory) / f"layer_{layer:02d}.safetensors"
+
+
+def attribution_file(task: str) -> Path:
+    return ARTIFACTS / task / "attribution.json"
+
+
+def pairing_file(task: str) -> Path:
+    return ARTIFACTS / task / "pairing.json"
+
+
+def fisher_dir(task: str) -> Path:
+    return ARTIFACTS / task / "fisher"
+
+
+def frontier_dir(task: str, key: str) -> Path:
+    """Stage ``key`` (e.g. ``mmlu-L03``) of the chain: block.safetensors, states.safetensors, log.json."""
+    return ARTIFACTS / task / "frontier" / key
+
+
+def export_dir(task: str) -> Path:
+    return ARTIFACTS / task / "model"
+
+
+def quality_metrics(task: str) -> Path:
+    return METRICS / "quality" / f"{task}.json"
+
+
+def quality_plot(task: str) -> Path:
+    return PLOTS / "quality" / f"{task}.json"

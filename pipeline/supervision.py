@@ -1,0 +1,63 @@
+"""Source-side supervision for each target block: aligned states and aligned logits.
+
+For target block k paired with source layer l(k): h~_k = A h_s^(l(k)) / ||h_s^(l(k))||
+(or the interpolated source state), and the "target-space aligned logits"
+z~_k = W_t n_t(h~_k), read through the target's own final norm and LM head.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from pipeline import layout
+from pipeline.adapter import ModelAdapter
+from pipeline.alignment import align, mix_layers
+from pipeline.artifacts import load_tensors
+from pipeline.fisher import FisherAccumulator, FisherStats
+
+SourceLoader = Callable[[int], torch.Tensor]
+
+
+def source_loader(directory: Path) -> SourceLoader:
+    """Reads (P, D_s) source states of one layer from an extraction directory, cached."""
+    cache: dict[int, torch.Tensor] = {}
+
+    def load(layer: int) -> torch.Tensor:
+        if layer not in cache:
+            cache.clear()  # the stages walk layers in order; keep at most one in memory
+            cache[layer] = load_tensors(layout.layer_file(directory, layer), "the extract stage")["hidden"]
+        return cache[layer]
+
+    return load
+
+
+def source_state(pairing: dict, k: int, load: SourceLoader) -> torch.Tensor:
+    """The source state supervising target block k (1-based): (P, D_s) float32."""
+    if "interp" in pairing:
+        it = pairing["interp"][k - 1]
+        return mix_layers(load(it["a"]), load(it["b"]), it["lam"])
+    return load(pairing["pairs"][k - 1]).float()
+
+
+def aligned_state(pairing: dict, k: int, load: SourceLoader, amap: torch.Tensor) -> torch.Tensor:
+    """h~_k: (P, D_t) float32."""
+    return align(source_state(pairing, k, load), amap)
+
+
+@torch.no_grad()
+def aligned_logits_chunks(target: ModelAdapter, aligned: torch.Tensor, chunk: int = 256):
+    """Yield (P_chunk, V) aligned logits z~ = W_t n_t(h~), a chunk at a time."""
+    for i in range(0, aligned.shape[0], chunk):
+        h = aligned[i:i + chunk].to(target.lm_head.dtype)
+        yield target.logit_lens(h).float()
+
+
+def fisher_stats(target: ModelAdapter, aligned: torch.Tensor, top_k: int, tau: float,
+                 chunk: int = 256) -> FisherStats:
+    acc = FisherAccumulator(top_k, tau)
+    for z in aligned_logits_chunks(target, aligned, chunk):
+        acc.add(z)
+    return acc.result()

@@ -1,0 +1,65 @@
+"""Stage `frontier@KEY` (e.g. `frontier@mmlu-L03`): train target block k alone.
+
+Reads h^(k-1) from the previous chain stage, the layer's supervision from the fisher
+stage (and the source output logits for the last block), writes the trained block,
+h^(k) for the next stage, and the loss log (also as DVCLive plots).
+"""
+
+import sys
+
+import torch
+
+from pipeline import chain, layout
+from pipeline.adapter import ModelAdapter
+from pipeline.artifacts import atomic_path, load_tensors, save_tensors, write_json
+from pipeline.errors import PipelineError
+from pipeline.frontier import LayerTargets, OutputTargets, States, train_block
+from pipeline.loading import load_model
+from pipeline.params import check_task, frontier_config, load_params, section
+from pipeline.runner import run_stage
+
+
+def layer_targets(task: str, k: int, need_prev: bool) -> LayerTargets:
+    fisher = load_tensors(layout.layer_file(layout.fisher_dir(task), k), "the fisher stage")
+    prev = load_tensors(layout.layer_file(layout.fisher_dir(task), k - 1), "the fisher stage") if need_prev else None
+    return LayerTargets(fisher["topk_ids"], fisher["topk_logits"], fisher["topk_probs"], fisher["aligned"],
+                        prev["aligned"] if prev else None)
+
+
+def main() -> None:
+    stage_key = sys.argv[1]
+    params = load_params()
+    entry = params.get("chain", {}).get(stage_key)
+    if entry is None:
+        raise PipelineError(f"{stage_key} is not in the chain of params.yaml", "run `python -m pipeline.chain`")
+    task, k = chain.parse_key(stage_key)
+    check_task(params, task)
+    cfg = frontier_config(params)
+    target = ModelAdapter(load_model(str(layout.model_dir("target")), str(section(params, "models").get("dtype", "bfloat16"))))
+    target.check_layer(k, "frontier layer")
+    prev = load_tensors(layout.frontier_dir(task, entry["prev"]) / "states.safetensors", f"frontier@{entry['prev']}")
+    source_tokens = load_tensors(layout.source_dir(task) / "transfer" / "tokens.safetensors", "the extract stage")
+    if not torch.equal(prev["input_ids"], source_tokens["input_ids"]):
+        raise PipelineError(f"the chain's tokens differ from the source extraction of {task}",
+                            "re-run the embed and frontier stages of this task (`dvc repro`)")
+    states = States(prev["hidden"], prev["attention_mask"], prev["supervised"].bool())
+    is_last = k == target.n_layers
+    targets = None if is_last else layer_targets(task, k, cfg.objective == "relation")
+    output = None
+    if is_last or cfg.kl_every_stage:
+        out = load_tensors(layout.source_dir(task) / "transfer" / "output_topk.safetensors", "the extract stage")
+        output = OutputTargets(out["topk_ids"], out["topk_logits"])
+    result = train_block(target, k, states, targets, output, cfg)
+    with atomic_path(layout.frontier_dir(task, stage_key), is_dir=True) as tmp:
+        save_tensors(tmp / "block.safetensors", result.block_state, {"layer": k, "prefix": target.block_prefix(k)})
+        save_tensors(tmp / "states.safetensors", {"hidden": result.states_out, "input_ids": prev["input_ids"],
+                                                  "attention_mask": prev["attention_mask"],
+                                                  "supervised": prev["supervised"]})
+        write_json(tmp / "log.json", {"key": stage_key, "layer": k, "objective": "output_kl" if is_last else cfg.objective,
+                                      "before": result.objective_before, "after": result.objective_after,
+                                      "losses": result.losses})
+    print(f"{stage_key}: objective {result.objective_before:.4g} -> {result.objective_after:.4g}")
+
+
+if __name__ == "__main__":
+    run_stage(f"frontier@{sys.argv[1]}", main)

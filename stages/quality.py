@@ -1,0 +1,58 @@
+"""Stage `quality@TASK`: does the transferred target behave more like the source than the
+untouched target does? KL(source || target), top-1 agreement and per-layer aligned-logit
+agreement on the held-out validation split."""
+
+import sys
+
+import torch
+
+from pipeline import layout
+from pipeline.adapter import ModelAdapter
+from pipeline.artifacts import load_metadata, load_tensors, read_json, write_json
+from pipeline.data import encoded_from_tensors
+from pipeline.loading import load_model
+from pipeline.params import check_task, load_params, section
+from pipeline.quality import layer_agreement, output_agreement, target_states
+from pipeline.runner import run_stage
+from pipeline.supervision import aligned_logits_chunks, aligned_state, source_loader
+
+
+def main() -> None:
+    task = sys.argv[1]
+    params = load_params()
+    check_task(params, task)
+    batch = int(section(params, "quality")["batch_size"])
+    dtype = str(section(params, "models").get("dtype", "bfloat16"))
+    val = layout.source_dir(task) / "validation"
+    tokens_file = val / "tokens.safetensors"
+    enc = encoded_from_tensors(load_metadata(tokens_file)["ids"] if tokens_file.is_file() else [],
+                               load_tensors(tokens_file, "the extract stage"))
+    src_out = load_tensors(val / "output_topk.safetensors", "the extract stage")
+    pairing = read_json(layout.pairing_file(task), "the pair stage")
+    amap = load_tensors(layout.alignment_dir() / "map.safetensors", "the align stage")["map"]
+    models = {"target": layout.model_dir("target"), "semalign": layout.export_dir(task)}
+    adapters = {name: ModelAdapter(load_model(str(d), dtype)) for name, d in models.items()}
+    reference = adapters["target"]  # final norm and LM head are untouched by the transfer
+    load = source_loader(val)
+    aligned_top1 = []
+    for k in range(1, reference.n_layers + 1):
+        aligned = aligned_state(pairing, k, load, amap)
+        aligned_top1.append(torch.cat([z.argmax(-1) for z in aligned_logits_chunks(reference, aligned)]))
+    metrics, per_layer = {"positions": enc.n_supervised}, []
+    for name, adapter in adapters.items():
+        with torch.no_grad():
+            hs = target_states(adapter, enc, batch)
+        out = output_agreement(adapter, hs[-1], src_out["topk_ids"], src_out["topk_logits"])
+        layers = [layer_agreement(adapter, h, top1) for h, top1 in zip(hs, aligned_top1)]
+        metrics.update({f"{name}_kl": out["kl"], f"{name}_top1": out["top1_agreement"],
+                        f"{name}_layer_agreement": sum(layers) / len(layers)})
+        per_layer.append(layers)
+    metrics["kl_reduction"] = metrics["target_kl"] - metrics["semalign_kl"]
+    write_json(layout.quality_metrics(task), metrics)
+    write_json(layout.quality_plot(task), [{"layer": k + 1, "target": t, "semalign": s}
+                                           for k, (t, s) in enumerate(zip(*per_layer))])
+    print(f"{task}: " + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
+
+
+if __name__ == "__main__":
+    run_stage(f"quality@{sys.argv[1]}", main)

@@ -1,0 +1,125 @@
+"""Bad input stops early with a message naming the problem and the fix, leaving nothing behind."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from pipeline.adapter import ModelAdapter
+from pipeline.artifacts import atomic_path, load_tensors, read_json, save_tensors
+from pipeline.chain import build_chain, check_chain, target_depth
+from pipeline.errors import PipelineError
+from pipeline.frontier import FrontierConfig, OutputTargets, States, train_block
+from pipeline.loading import check_same_vocab, load_model, load_tokenizer
+from pipeline.tiny import build_tokenizer
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_vocabulary_mismatch_names_the_first_differing_ids(tiny_pair):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = build_tokenizer()
+    vocab = tok.get_vocab()
+    swapped = dict(vocab)
+    a, b = sorted(vocab, key=vocab.get)[100:102]
+    swapped[a], swapped[b] = vocab[b], vocab[a]
+    other = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel(swapped, unk_token=None)))
+    other.pre_tokenizer = pre_tokenizers.ByteLevel()
+    with pytest.raises(PipelineError, match=r"(?s)id 100: .* vs .*same family and tokenizer"):
+        check_same_vocab(tok, other)
+    check_same_vocab(tok, load_tokenizer(str(tiny_pair[1])))  # the real pair shares its vocabulary
+
+
+def test_layer_outside_the_model(tiny_pair):
+    adapter = ModelAdapter(load_model(str(tiny_pair[1]), "float32"))
+    with pytest.raises(PipelineError, match=r"(?s)layer 5 is outside the model .*blocks 1\.\.4"):
+        adapter.block(5)
+    with pytest.raises(PipelineError, match="outside"):
+        adapter.check_layer(0)
+
+
+def test_unknown_objective_and_trainable():
+    with pytest.raises(PipelineError, match="(?s)unknown frontier objective 'mse'.*fisher"):
+        FrontierConfig(objective="mse").validate()
+    with pytest.raises(PipelineError, match="unknown frontier.trainable"):
+        FrontierConfig(trainable="half").validate()
+
+
+def test_missing_and_corrupt_artifacts(tmp_path):
+    with pytest.raises(PipelineError, match="(?s)is missing.*fix: run the extract stage"):
+        load_tensors(tmp_path / "nope.safetensors", "the extract stage")
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"\x00garbage")
+    with pytest.raises(PipelineError, match="(?s)corrupt.*dvc repro --force"):
+        load_tensors(bad)
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(PipelineError, match="not valid JSON"):
+        read_json(tmp_path / "bad.json")
+
+
+def test_nan_loss_stops_training(tiny_pair):
+    target = ModelAdapter(load_model(str(tiny_pair[1]), "float32"))
+    hidden = torch.randn(2, 5, target.width)
+    hidden[0, 0, 0] = float("nan")
+    mask = torch.ones(2, 5, dtype=torch.long)
+    sup = torch.zeros(2, 5, dtype=torch.bool)
+    sup[:, 1:3] = True
+    out = OutputTargets(torch.zeros(4, 3, dtype=torch.long), torch.zeros(4, 3))
+    with pytest.raises(PipelineError, match="(?s)NaN or Inf.*lower the learning rate"):
+        train_block(target, target.n_layers, States(hidden, mask, sup), None, out, FrontierConfig(steps=1), False)
+
+
+def test_atomic_writes_leave_nothing_behind_on_failure(tmp_path):
+    with pytest.raises(RuntimeError):
+        with atomic_path(tmp_path / "out", is_dir=True) as tmp:
+            save_tensors(tmp / "a.safetensors", {"x": torch.zeros(2)})
+            raise RuntimeError("crash halfway")
+    assert list(tmp_path.iterdir()) == []
+    save_tensors(tmp_path / "ok.safetensors", {"x": torch.ones(2)})
+    assert [p.name for p in tmp_path.iterdir()] == ["ok.safetensors"]
+
+
+def run_stage(root: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", *args], cwd=root, capture_output=True, text=True)
+
+
+def test_stage_with_corrupt_input_exits_cleanly_and_writes_nothing(tmp_path):
+    import shutil
+
+    for item in ("pipeline", "stages", "params.yaml"):
+        src = ROOT / item
+        shutil.copytree(src, tmp_path / item) if src.is_dir() else shutil.copy(src, tmp_path / item)
+    (tmp_path / "artifacts/mmlu").mkdir(parents=True)
+    (tmp_path / "artifacts/mmlu/attribution.json").write_text("{truncated")
+    res = run_stage(tmp_path, "stages.pair", "mmlu")
+    assert res.returncode == 2
+    assert "not valid JSON" in res.stderr and "fix:" in res.stderr and "Traceback" not in res.stderr
+    assert not (tmp_path / "artifacts/mmlu/pairing.json").exists()
+    res = run_stage(tmp_path, "stages.data", "klingon")
+    assert res.returncode == 2 and "not listed under tasks" in res.stderr
+    assert not (tmp_path / "data/tasks/klingon").exists()
+
+
+def test_params_chain_is_consistent_with_tasks_and_target_depth():
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    check_chain(params["chain"], params["tasks"], target_depth(str(params["models"]["target"])))
+
+
+def test_chain_checker_catches_broken_chains():
+    chain = build_chain(["a", "b"], 3)
+    check_chain(chain, ["a", "b"], 3)
+    with pytest.raises(PipelineError, match="layers .*1..4"):
+        check_chain(chain, ["a", "b"], 4)
+    broken = dict(chain)
+    broken["a-L03"] = {"task": "a", "layer": 3, "prev": "a-L01"}
+    with pytest.raises(PipelineError, match="a-L03 follows 'a-L01'"):
+        check_chain(broken, ["a", "b"], 3)
+    with pytest.raises(PipelineError, match="covers tasks"):
+        check_chain(chain, ["a", "b", "c"], 3)

@@ -1,0 +1,42 @@
+"""The real `dvc` CLI on the tiny project: caching and incremental re-runs."""
+
+from __future__ import annotations
+
+import json
+
+import yaml
+
+from conftest import repro, sh
+
+
+def set_param(root, dotted: str, value) -> None:
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    node = params
+    *path, last = dotted.split(".")
+    for p in path:
+        node = node[p]
+    node[last] = value
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def test_pipeline_runs_then_caches_and_reruns_only_what_changed(tiny_project):
+    root, env = tiny_project
+    first = repro(root, env)
+    assert {"align", "extract@toy", "attribute@toy", "pair@toy", "fisher@toy", "embed@toy",
+            "frontier@toy-L01", "frontier@toy-L04", "export@toy", "quality@toy"} <= first
+    quality = json.loads((root / "metrics/quality/toy.json").read_text())
+    assert {"target_kl", "semalign_kl", "target_top1", "semalign_top1"} <= set(quality)
+
+    assert repro(root, env) == set()
+    assert json.loads(sh(root, env, "dvc", "status", "--json")) == {}
+
+    set_param(root, "frontier.steps", 2)
+    ran = repro(root, env)
+    assert ran == {f"frontier@toy-L0{k}" for k in range(1, 5)} | {"export@toy", "quality@toy"}
+
+    set_param(root, "quality.batch_size", 2)
+    assert repro(root, env) == {"quality@toy"}
+
+    set_param(root, "pairing.strategy", "floor")
+    ran = repro(root, env)
+    assert "pair@toy" in ran and not {"extract@toy", "attribute@toy", "align", "embed@toy"} & ran
