@@ -19,15 +19,16 @@ from pathlib import Path
 
 import torch
 
-from pipeline.artifacts import load_tensors
+from pipeline import layout
+from pipeline.artifacts import load_metadata, load_tensors
 from pipeline.data import EncodedSplit
 from pipeline.errors import PipelineError
 
-PRODUCER = "the source extraction stage"
+PRODUCER = "the extract stage"
 
 
 def layer_file(layer: int) -> str:
-    return f"layer_{layer:02d}.safetensors"
+    return layout.layer_file(Path("."), layer).name
 
 
 @dataclass
@@ -76,7 +77,8 @@ def open_split(root: str | Path, needs_topk: bool = True, layers: tuple[int, ...
             + ("; it must save the hidden states of the paired source layers" if layers else ""),
         )
     t = load_tensors(root / "tokens.safetensors", PRODUCER)
-    tokens = EncodedSplit(ids=[], input_ids=t["input_ids"].long(), attention_mask=t["attention_mask"].long(),
+    ids = load_metadata(root / "tokens.safetensors").get("ids", [])
+    tokens = EncodedSplit(ids=list(ids), input_ids=t["input_ids"].long(), attention_mask=t["attention_mask"].long(),
                           supervised=t["supervised"].bool())
     return CachedSplit(root, tokens)
 
@@ -90,6 +92,6 @@ def check_same_encoding(cached: CachedSplit, encoded: EncodedSplit) -> None:
         raise PipelineError(
             f"the cached source tokens in {cached.root} do not match the target-side encoding of the "
             f"split (shapes {tuple(a.input_ids.shape)} vs {tuple(b.input_ids.shape)})",
-            "the cache is stale or was made with another max_length / supervise mode / tokenizer: "
-            f"make baselines.max_length and baselines.supervise equal to the extraction's, or re-run {PRODUCER}",
+            "the cache is stale or was made with another data.max_length / data.supervise / tokenizer: "
+            f"re-run {PRODUCER} (`dvc repro` does)",
         )

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from pipeline import layout
 from pipeline.cost import Cost
 from pipeline.data import EncodedSplit, SUPERVISE_MODES, encode, read_jsonl
 from pipeline.errors import PipelineError
@@ -17,7 +18,7 @@ from pipeline.loading import DTYPES, load_model, load_tokenizer
 from pipeline.lora import LoraSettings
 from pipeline.training import TrainSettings
 
-COMMON_KEYS = {"seeds", "max_length", "supervise", "compute_dtype", "save_dtype", "lora", "train"}
+COMMON_KEYS = {"enabled", "seeds", "compute_dtype", "save_dtype", "lora"}
 
 
 @dataclass(frozen=True)
@@ -32,32 +33,31 @@ class Paths:
     @classmethod
     def for_task(cls, root: str | Path, task: str) -> "Paths":
         root = Path(root)
-        return cls(target=root / "models" / "target", source=root / "models" / "source",
-                   task=root / "data" / "tasks" / task, cache=root / "artifacts" / task / "source")
+        return cls(target=root / layout.model_dir("target"), source=root / layout.model_dir("source"),
+                   task=root / layout.task_dir(task), cache=root / layout.source_dir(task))
 
 
 @dataclass(frozen=True)
 class Common:
-    """Settings shared by all baselines (``baselines:`` top-level keys)."""
+    """Settings shared by all baselines: ``baselines:`` top-level keys, plus max_length and
+    supervise from the ``data:`` block, which the source extraction uses too (the cached
+    source outputs are only valid for the same tokenisation)."""
 
-    max_length: int = 256
+    max_length: int = 384
     supervise: str = "answer"
     compute_dtype: str = "float32"
     save_dtype: str = "auto"  # "auto": the target checkpoint's own dtype
     lora: LoraSettings = field(default_factory=LoraSettings)
-    train: dict[str, Any] = field(default_factory=dict)  # shared TrainSettings keys
 
     @classmethod
-    def from_params(cls, block: dict[str, Any]) -> "Common":
-        c = cls(max_length=int(block.get("max_length", cls.max_length)),
-                supervise=str(block.get("supervise", cls.supervise)),
+    def from_params(cls, block: dict[str, Any], data: dict[str, Any]) -> "Common":
+        c = cls(max_length=int(data.get("max_length", cls.max_length)),
+                supervise=str(data.get("supervise", cls.supervise)),
                 compute_dtype=str(block.get("compute_dtype", cls.compute_dtype)),
                 save_dtype=str(block.get("save_dtype", cls.save_dtype)),
-                lora=LoraSettings.from_params(block.get("lora")),
-                train=dict(block.get("train") or {}))
-        TrainSettings.from_params(c.train)  # validate early
+                lora=LoraSettings.from_params(block.get("lora")))
         if c.supervise not in SUPERVISE_MODES:
-            raise PipelineError(f"unknown baselines.supervise {c.supervise!r}", f"use one of {SUPERVISE_MODES}")
+            raise PipelineError(f"unknown data.supervise {c.supervise!r}", f"use one of {SUPERVISE_MODES}")
         for key, value in (("compute_dtype", c.compute_dtype), ("save_dtype", c.save_dtype)):
             allowed = sorted(DTYPES) + (["auto"] if key == "save_dtype" else [])
             if value not in allowed:
@@ -76,9 +76,9 @@ class Context:
     cost: Cost = field(default_factory=Cost)
 
     def train_settings(self) -> TrainSettings:
-        """Shared ``baselines.train`` overridden by the method's own ``train`` block."""
-        return TrainSettings.from_params(self.common.train, self.block.get("train"),
-                                         where=f"baselines.{self.method}.train")
+        """The method's own ``train`` block (each method has one, so that tuning one method's
+        optimiser never invalidates another's cached runs)."""
+        return TrainSettings.from_params(self.block.get("train"), where=f"baselines.{self.method}.train")
 
     def split_file(self, split: str) -> Path:
         return self.paths.task / f"{split}.jsonl"

@@ -26,7 +26,7 @@ class KDSettings:
     temperature: float = 2.0
     ce_weight: float = 0.0  # loss = (1 - w) * T^2 KL + w * CE
 
-    KEYS = ("tasks", "train", "temperature", "ce_weight")
+    KEYS = ("train", "temperature", "ce_weight")
 
     @classmethod
     def from_context(cls, ctx: Context, extra: tuple[str, ...] = ()) -> "KDSettings":

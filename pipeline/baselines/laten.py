@@ -33,8 +33,8 @@ from pipeline.training import TrainSettings, plan, train
 MODULES = ("up", "down", "v", "o")
 ROWS = {"up": True, "v": True, "down": False, "o": False}  # units are rows (True) or columns of the weight
 UNITS = {"up": "ffn", "down": "ffn", "v": "v", "o": "o"}  # which unit ranking a module uses
-KEYS = {"tasks", "train", "modules", "rate", "rates", "extract_examples", "align_examples", "val_examples",
-        "mse_weight", "init_std", "hidden", "eval_every"}
+KEYS = {"train", "modules", "rate", "rates", "extract_examples", "align_examples", "val_examples",
+        "mse_weight", "init_std", "hidden", "eval_every", "attribution_vocab"}
 
 Key = tuple[int, str]  # (1-based target block, module)
 
@@ -52,6 +52,7 @@ class LatenSettings:
     init_std: float = 1e-5
     hidden: int = 0  # hypernetwork hidden width; 0: D_s (the paper)
     eval_every: int = 0  # checkpoint every this many steps (and at the end); 0: only the end
+    attribution_vocab: int = 0  # unit attribution softmax over the readout's top tokens; 0: all (exact)
 
 
 def prepare(ctx: Context) -> LatenSettings:
@@ -65,15 +66,18 @@ def prepare(ctx: Context) -> LatenSettings:
         rates=tuple(float(r) for r in (b.get("rates") or [rate])),
         extract_examples=int(b.get("extract_examples", 20)), align_examples=int(b.get("align_examples", 80)),
         val_examples=int(b.get("val_examples", 32)), mse_weight=float(b.get("mse_weight", 1000.0)),
-        init_std=float(b.get("init_std", 1e-5)), hidden=int(b.get("hidden", 0)), eval_every=int(b.get("eval_every", 0)))
+        init_std=float(b.get("init_std", 1e-5)), hidden=int(b.get("hidden", 0)), eval_every=int(b.get("eval_every", 0)),
+        attribution_vocab=int(b.get("attribution_vocab", 0)))
     bad = sorted(set(s.modules) - set(MODULES))
     if bad:
         raise PipelineError(f"baselines.laten.modules {bad} are not transferable by LaTen", f"use a subset of {MODULES}")
     if not all(0 < r <= 1 for r in (s.rate, *s.rates)):
         raise PipelineError(f"LaTen rates must lie in (0, 1]: rate {s.rate}, rates {list(s.rates)}",
                             "set baselines.laten.rate / rates to fractions such as 0.1")
-    if min(s.extract_examples, s.align_examples, s.val_examples) < 1 or s.eval_every < 0 or s.init_std <= 0:
-        raise PipelineError("baselines.laten needs extract/align/val_examples >= 1, eval_every >= 0, init_std > 0",
+    if min(s.extract_examples, s.align_examples, s.val_examples) < 1 or min(s.eval_every, s.attribution_vocab) < 0 \
+            or s.init_std <= 0:
+        raise PipelineError("baselines.laten needs extract/align/val_examples >= 1, eval_every >= 0, "
+                            "attribution_vocab >= 0, init_std > 0",
                             "fix those keys in params.yaml")
     ctx.require_models(source=True)
     ctx.require_splits("attribution", "transfer", "validation")
@@ -234,8 +238,8 @@ def run(ctx: Context, s: LatenSettings) -> Result:
         source, target = ctx.load_source(), ctx.load_target()
     n_target = ModelAdapter(target).n_layers
     with ctx.cost.phase("locate"):
-        src_attr = locate.attribute(source, extract, tok, n_target)
-        tgt_attr = locate.attribute(target, extract, tok, n_target)
+        src_attr = locate.attribute(source, extract, tok, n_target, s.attribution_vocab)
+        tgt_attr = locate.attribute(target, extract, tok, n_target, s.attribution_vocab)
         transfer = Transfer(source, target, src_attr, tgt_attr, s)
     del source
     gc.collect()

@@ -100,26 +100,52 @@ def capture(model: nn.Module, data: EncodedSplit, positions: torch.Tensor, batch
     return Capture(**{f: [torch.cat(x) for x in v] for f, v in store.items()})
 
 
-def log_prob(adapter: ModelAdapter, hidden: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """log p(w | h) under the logit lens; hidden (..., D), w broadcastable to hidden[..., 0]."""
-    logits = adapter.logit_lens(hidden.to(adapter.lm_head.dtype)).float()
-    return logits.gather(-1, w.expand(logits.shape[:-1]).unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)
+def log_prob(adapter: ModelAdapter, hidden: torch.Tensor, w: torch.Tensor,
+             vocab: torch.Tensor | None = None) -> torch.Tensor:
+    """log p(w | h) under the logit lens; hidden (..., D), w broadcastable to hidden[..., 0].
+
+    With ``vocab`` (ids, w among them) the softmax runs over those rows of the LM head only.
+    """
+    normed = adapter.final_norm(hidden.to(adapter.lm_head.dtype))
+    if vocab is None:
+        logits = (normed @ adapter.lm_head.T).float()
+        target = logits.gather(-1, w.expand(logits.shape[:-1]).unsqueeze(-1)).squeeze(-1)
+    else:
+        logits = (normed @ adapter.lm_head[vocab].T).float()
+        target = (normed @ adapter.lm_head[w]).float()
+    return target - logits.logsumexp(-1)
+
+
+def readout_vocab(adapter: ModelAdapter, residual: torch.Tensor, w: torch.Tensor, size: int) -> torch.Tensor | None:
+    """The ``size`` tokens most likely under the logit lens of ``residual``, plus w (None: all).
+
+    Scoring a unit needs a full-vocabulary softmax per unit (units x V x D flops, hours on a
+    CPU for a 1.5B source); restricting the partition function to the readout's top tokens
+    is the approximation that makes it minutes. size 0 (or >= V) keeps it exact.
+    """
+    if not size or size >= adapter.vocab_size:
+        return None
+    with torch.no_grad():
+        top = (adapter.final_norm(residual.to(adapter.lm_head.dtype)) @ adapter.lm_head.T).topk(size).indices
+    return torch.unique(torch.cat([top, w.view(1)]))
 
 
 @torch.no_grad()
 def unit_importance(adapter: ModelAdapter, residual: torch.Tensor, coeff: torch.Tensor, columns: torch.Tensor,
-                    w: torch.Tensor) -> torch.Tensor:
+                    w: torch.Tensor, vocab_size: int = 0) -> torch.Tensor:
     """Mean over examples of log p(w | r + c_i * col_i) - log p(w | r), for every unit i.
 
-    residual (N, D); coeff (N, U) the units' activations; columns (D, U) the write vectors.
+    residual (N, D); coeff (N, U) the units' activations; columns (D, U) the write vectors;
+    vocab_size: see :func:`readout_vocab`.
     """
     total = torch.zeros(coeff.shape[1], dtype=torch.float64)
     cols = columns.float().T  # (U, D)
     for r, c, wi in zip(residual, coeff, w):
-        base = log_prob(adapter, r, wi)
+        vocab = readout_vocab(adapter, r, wi, vocab_size)
+        base = log_prob(adapter, r, wi, vocab)
         for s in range(0, cols.shape[0], UNIT_CHUNK):
             states = r + c[s:s + UNIT_CHUNK, None] * cols[s:s + UNIT_CHUNK]
-            total[s:s + UNIT_CHUNK] += (log_prob(adapter, states, wi) - base).double()
+            total[s:s + UNIT_CHUNK] += (log_prob(adapter, states, wi, vocab) - base).double()
     return (total / len(residual)).float()
 
 
@@ -157,7 +183,7 @@ def ranked(scores: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def attribute(model: nn.Module, data: EncodedSplit, tokenizer, n_keep: int) -> Attribution:
+def attribute(model: nn.Module, data: EncodedSplit, tokenizer, n_keep: int, vocab_size: int = 0) -> Attribution:
     """Layer importances for every block; keep ``n_keep`` blocks per sub-layer kind, in order;
     unit importances for the kept blocks only (the expensive part: one logit lens per unit)."""
     adapter = ModelAdapter(model)
@@ -173,8 +199,9 @@ def attribute(model: nn.Module, data: EncodedSplit, tokenizer, n_keep: int) -> A
     ffn_units, o_units, v_units = {}, {}, {}
     for k in ffn_kept:
         r = cap.block_in[k - 1] + cap.attn_out[k - 1]
-        ffn_units[k] = unit_importance(adapter, r, cap.down_in[k - 1], adapter.linear(k, "down").weight, w)
+        ffn_units[k] = unit_importance(adapter, r, cap.down_in[k - 1], adapter.linear(k, "down").weight, w, vocab_size)
     for k in attn_kept:
-        o_units[k] = unit_importance(adapter, cap.block_in[k - 1], cap.o_in[k - 1], adapter.linear(k, "o").weight, w)
+        o_units[k] = unit_importance(adapter, cap.block_in[k - 1], cap.o_in[k - 1], adapter.linear(k, "o").weight, w,
+                                     vocab_size)
         v_units[k] = value_rows(adapter, o_units[k])
     return Attribution(attn_layer, ffn_layer, attn_kept, ffn_kept, ffn_units, o_units, v_units)

@@ -31,7 +31,7 @@ from pipeline.data import EncodedSplit
 from pipeline.errors import PipelineError
 from pipeline.training import TrainSettings
 
-KEYS = {"tasks", "train", "seed_examples", "rank", "modules"}
+KEYS = {"train", "seed_examples", "rank", "modules"}
 
 Key = tuple[int, str]  # (1-based block, module role)
 

@@ -16,7 +16,7 @@ from pipeline.data import EncodedSplit
 from pipeline.errors import PipelineError
 from pipeline.training import TrainSettings, plan, train
 
-KEYS = {"tasks", "train"}
+KEYS = {"train"}
 
 
 def prepare(ctx: Context) -> TrainSettings:

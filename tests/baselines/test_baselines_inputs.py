@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -15,7 +16,14 @@ from pipeline.cost import measure
 from pipeline.errors import PipelineError
 from pipeline.training import TrainSettings, plan
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
+
+
+def stage(project: Path, *args: str) -> subprocess.CompletedProcess:
+    """``python -m stages.baseline ...`` run in ``project``, with this checkout's code."""
+    env = dict(os.environ, PYTHONPATH=str(REPO), TQDM_DISABLE="1")
+    return subprocess.run([sys.executable, "-m", "stages.baseline", *args], cwd=project, env=env,
+                          capture_output=True, text=True)
 
 
 def test_unknown_method_names_the_known_ones(params, project):
@@ -26,11 +34,11 @@ def test_unknown_method_names_the_known_ones(params, project):
 
 
 def test_switched_off_method_says_how_to_switch_it_on(params, project):
-    params["baselines"]["kd"]["tasks"] = []
+    params["baselines"]["enabled"]["kd"] = []
     with pytest.raises(PipelineError) as err:
         runner.make_context(params, "kd", "toy", 0, project)
     assert "switched off" in err.value.problem
-    assert "baselines.kd.tasks" in err.value.fix
+    assert "baselines.enabled.kd" in err.value.fix
     # the other methods are unaffected
     runner.make_context(params, "sft", "toy", 0, project)
 
@@ -54,7 +62,7 @@ def test_missing_cached_source_outputs_fail_before_loading_models(params, projec
     with pytest.raises(PipelineError) as err:
         runner.run(ctx, out)
     assert "cached source outputs are missing" in err.value.problem
-    assert "source extraction stage" in err.value.fix
+    assert "extract stage" in err.value.fix
     assert not out.exists()
 
 
@@ -82,20 +90,19 @@ def test_laten_needs_the_validation_split(params, project):
 
 
 def test_stale_cache_is_detected(params, project):
-    params["baselines"]["max_length"] = 16  # the cache was written with 64: encodings differ
+    params["data"]["max_length"] = 16  # the cache was written with 64: encodings differ
     ctx = runner.make_context(params, "kd", "toy", 0, project)
     with pytest.raises(PipelineError) as err:
         runner.run(ctx, project / "out")
-    assert "do not match" in err.value.problem and "max_length" in err.value.fix
+    assert "do not match" in err.value.problem and "data.max_length" in err.value.fix
 
 
 def test_stage_script_reports_errors_without_traceback(params, project):
     import yaml
 
     (project / "params.yaml").write_text(yaml.safe_dump(params))
-    proc = subprocess.run([sys.executable, str(REPO / "stages" / "baseline.py"), "nope", "toy", "--root", str(project)],
-                          capture_output=True, text=True)
-    assert proc.returncode == 1
+    proc = stage(project, "nope", "toy")
+    assert proc.returncode == 2
     assert "unknown baseline method 'nope'" in proc.stderr and "fix:" in proc.stderr
     assert "Traceback" not in proc.stderr
 
@@ -137,10 +144,9 @@ def test_stage_script_writes_a_loadable_model_dir(params, project):
     import yaml
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    params["baselines"]["train"]["max_steps"] = 2
+    params["baselines"]["sft"]["train"]["max_steps"] = 2
     (project / "params.yaml").write_text(yaml.safe_dump(params))
-    proc = subprocess.run([sys.executable, str(REPO / "stages" / "baseline.py"), "sft", "toy", "--seed", "1"],
-                          cwd=project, capture_output=True, text=True)
+    proc = stage(project, "sft", "toy", "--seed", "1")
     assert proc.returncode == 0, proc.stderr
     out = project / "artifacts" / "toy" / "baselines" / "sft-s1"
     cost = json.loads((out / "cost.json").read_text())

@@ -54,6 +54,22 @@ def test_unit_importance_matches_one_unit_at_a_time(tiny_root, monkeypatch):
             torch.testing.assert_close(fast[i], slow, rtol=1e-4, atol=1e-6)
 
 
+def test_restricted_attribution_vocabulary(tiny_root):
+    """The full vocabulary reproduces the exact scores; a small one stays close in ranking."""
+    adapter = ModelAdapter(load_model(str(tiny_root / "models" / "target"), "float32"))
+    gen = torch.Generator().manual_seed(1)
+    residual, coeff = torch.randn(2, 48, generator=gen), torch.randn(2, 96, generator=gen)
+    columns, w = adapter.linear(1, "down").weight.detach(), torch.tensor([3, 40])
+    exact = laten_locate.unit_importance(adapter, residual, coeff, columns, w)
+    assert laten_locate.readout_vocab(adapter, residual[0], w[0], adapter.vocab_size) is None
+    vocab = laten_locate.readout_vocab(adapter, residual[0], w[0], 319)
+    assert len(vocab) in (319, 320) and 3 in vocab.tolist()
+    nearly = laten_locate.unit_importance(adapter, residual, coeff, columns, w, vocab_size=319)
+    assert torch.corrcoef(torch.stack([exact, nearly]))[0, 1] > 0.99
+    coarse = laten_locate.unit_importance(adapter, residual, coeff, columns, w, vocab_size=8)
+    assert not torch.allclose(coarse, exact)
+
+
 def run_laten(params, project, monkeypatch=None):
     ctx = runner.make_context(params, "laten", "toy", 0, project)
     out = runner.output_dir(project, "toy", "laten", 0)
