@@ -17,6 +17,10 @@ method (see ``../shared/docs/method.md`` in the project's docs, mirrored in READ
 - ``quality``      transfer-quality metrics on a held-out split
 - ``artifacts``    safetensors/JSON I/O that never leaves half-written files
 - ``chain``        the per-layer frontier chain in params.yaml
+- ``baselines``    SFT, KD, hidden-state KD, SEEKING and LaTen, each exported as a model directory
+- ``lora``         LoRA adapters through PEFT (attach by module role, merge)
+- ``training``     the seeded AdamW loop the baselines share
+- ``cost``         wall time and peak resident memory of a run
 """
 
 __version__ = "0.1.0"

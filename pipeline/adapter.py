@@ -25,6 +25,15 @@ class FamilySpec:
     norm: str  # attribute of the backbone: the final norm
     embed: str  # attribute of the backbone: the token embedding
     rotary: str = "rotary_emb"  # attribute of the backbone computing position embeddings
+    attn: str = "self_attn"  # attribute of a block: the attention sub-layer
+    mlp: str = "mlp"  # attribute of a block: the feed-forward sub-layer
+    # role -> path of the linear module inside a block; roles are the names users write in
+    # params.yaml (LoRA targets, transferred modules), paths are what the family calls them.
+    linears: tuple[tuple[str, str], ...] = (
+        ("q", "self_attn.q_proj"), ("k", "self_attn.k_proj"), ("v", "self_attn.v_proj"),
+        ("o", "self_attn.o_proj"), ("gate", "mlp.gate_proj"), ("up", "mlp.up_proj"),
+        ("down", "mlp.down_proj"),
+    )
 
 
 _LLAMA_LIKE = FamilySpec(backbone="model", layers="layers", norm="norm", embed="embed_tokens")
@@ -95,6 +104,36 @@ class ModelAdapter:
         self.check_layer(k)
         return f"{self.spec.backbone}.{self.spec.layers}.{k - 1}."
 
+    # --- per-block linear modules -------------------------------------------------------
+    @property
+    def linear_roles(self) -> tuple[str, ...]:
+        """Roles of the per-block linear modules, e.g. ``("q", ..., "down")``."""
+        return tuple(role for role, _ in self.spec.linears)
+
+    def linear_path(self, role: str) -> str:
+        """Path of a linear module inside a block, e.g. ``self_attn.q_proj`` for ``q``."""
+        paths = dict(self.spec.linears)
+        if role not in paths:
+            raise PipelineError(
+                f"unknown linear module {role!r} for {self.config.model_type}",
+                f"use module roles from {list(paths)}",
+            )
+        return paths[role]
+
+    def linear(self, k: int, role: str) -> nn.Module:
+        """The ``role`` linear module of block ``k`` (1-based)."""
+        return self.block(k).get_submodule(self.linear_path(role))
+
+    def linear_weight_key(self, k: int, role: str) -> str:
+        """State-dict key of that module's weight, e.g. ``model.layers.0.mlp.up_proj.weight``."""
+        return f"{self.block_prefix(k)}{self.linear_path(role)}.weight"
+
+    def attention(self, k: int) -> nn.Module:
+        return getattr(self.block(k), self.spec.attn)
+
+    def feed_forward(self, k: int) -> nn.Module:
+        return getattr(self.block(k), self.spec.mlp)
+
     def check_layer(self, k: int, what: str = "layer") -> None:
         if not 1 <= k <= self.n_layers:
             raise PipelineError(
@@ -149,6 +188,17 @@ class ModelAdapter:
             if collect:
                 outs.append(hidden)
         return outs if collect else hidden
+
+    def supervised_logits(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, supervised: torch.Tensor
+    ) -> torch.Tensor:
+        """Output logits at the supervised positions only, (P, V), rows in (example, position) order.
+
+        Applying the LM head to the P selected positions instead of all B * T keeps the
+        (B, T, V) logits tensor, and its gradient, out of memory.
+        """
+        final = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        return self.model.get_output_embeddings()(final[supervised])
 
     def logit_lens(self, hidden: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
         """Logits W n(h) of any residual state; with ``rows`` only those vocabulary rows.

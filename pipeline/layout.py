@@ -53,6 +53,11 @@ def export_dir(task: str) -> Path:
     return ARTIFACTS / task / "model"
 
 
+def baseline_dir(task: str, method: str, seed: int) -> Path:
+    """One baseline run: a Hugging Face model directory plus cost.json and log.json."""
+    return ARTIFACTS / task / "baselines" / f"{method}-s{seed}"
+
+
 def quality_metrics(task: str) -> Path:
     return METRICS / "quality" / f"{task}.json"
 

@@ -1,0 +1,71 @@
+"""One baseline run in the stage layout: check, measure, run, write the model directory.
+
+The output directory ``artifacts/<task>/baselines/<method>-s<seed>/`` holds the merged
+Hugging Face model and tokenizer, ``cost.json`` (wall time, peak RSS, time per phase) and
+``log.json`` (losses and the method's choices). It is written atomically: a failed run
+leaves no directory that a later stage would accept.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pipeline import layout
+from pipeline.artifacts import atomic_path, write_json
+from pipeline.baselines import METHODS, method_module
+from pipeline.baselines.context import COMMON_KEYS, Common, Context, Paths
+from pipeline.cost import measure
+from pipeline.errors import PipelineError
+from pipeline.params import check_task, section
+
+
+def output_dir(root: str | Path, task: str, method: str, seed: int) -> Path:
+    return Path(root) / layout.baseline_dir(task, method, seed)
+
+
+def make_context(params: dict[str, Any], method: str, task: str, seed: int, root: str | Path = ".") -> Context:
+    """Validate the request against params.yaml: method known and switched on for the task, seed listed."""
+    method_module(method)
+    check_task(params, task)
+    block = section(params, "baselines")
+    unknown = set(block) - COMMON_KEYS - set(METHODS)
+    if unknown:
+        raise PipelineError(f"unknown keys {sorted(unknown)} in baselines",
+                            f"use {sorted(COMMON_KEYS)} and the method blocks {list(METHODS)}")
+    enabled = block.get("enabled") or {}
+    if not isinstance(enabled, dict) or set(enabled) - set(METHODS):
+        raise PipelineError(f"baselines.enabled must map methods to task lists, got {enabled!r}",
+                            f"write e.g. enabled: {{sft: [{task}], kd: []}} with methods from {list(METHODS)}")
+    tasks = list(enabled.get(method) or [])
+    if task not in tasks:
+        raise PipelineError(
+            f"baseline {method!r} is switched off for task {task!r} (baselines.enabled.{method} = {tasks})",
+            f"add {task!r} to baselines.enabled.{method} in params.yaml (an empty list switches the method off)")
+    own = block.get(method) or {}
+    seeds = [int(s) for s in block.get("seeds") or [0]]
+    if seed not in seeds:
+        raise PipelineError(f"seed {seed} is not in baselines.seeds {seeds}", "add it to baselines.seeds")
+    return Context(method=method, task=task, seed=seed, paths=Paths.for_task(root, task),
+                   common=Common.from_params(block, params.get("data") or {}), block=dict(own))
+
+
+def run(ctx: Context, out: str | Path) -> dict[str, Any]:
+    """Run the method and write its output directory; returns the cost record."""
+    module = method_module(ctx.method)
+    settings = module.prepare(ctx)  # fails here, before any model is loaded
+    torch.manual_seed(ctx.seed)
+    with atomic_path(out, is_dir=True) as tmp:
+        with measure() as cost:
+            ctx.cost = cost
+            result = module.run(ctx, settings)
+            with cost.phase("save"):
+                result.model.to(ctx.save_dtype()).save_pretrained(tmp)
+                result.tokenizer.save_pretrained(tmp)
+        record = {"method": ctx.method, "task": ctx.task, "seed": ctx.seed, **cost.record(),
+                  "torch_threads": torch.get_num_threads()}
+        write_json(Path(tmp) / "cost.json", record)
+        write_json(Path(tmp) / "log.json", {"method": ctx.method, "task": ctx.task, "seed": ctx.seed, **result.log})
+    return record
