@@ -84,7 +84,7 @@ def tiny_project(tmp_path, shallow_pair):
     """A git + DVC repo holding a copy of the project, set to the shallow pair and the toy task."""
     root = tmp_path / "proj"
     root.mkdir()
-    for item in ("pipeline", "stages", "dvc.yaml", "params.yaml", "chain.yaml", ".gitignore", ".dvc/config"):
+    for item in ("pipeline", "stages", "dvc.yaml", "params.yaml", "chain.yaml", ".gitignore"):
         src = ROOT / item
         (shutil.copytree(src, root / item, ignore=shutil.ignore_patterns("__pycache__"))
          if src.is_dir() else shutil.copy(src, root / item))
@@ -92,6 +92,7 @@ def tiny_project(tmp_path, shallow_pair):
     env = dvc_env(tmp_path)
     sh(root, env, "git", "init", "-q")
     sh(root, env, "dvc", "init", "-q")
+    shutil.copy(ROOT / ".dvc/config", root / ".dvc/config")  # after init: `dvc init` refuses an existing .dvc/
     sh(root, env, "git", "add", "-A")
     sh(root, env, "git", "commit", "-qm", "init")
     return root, env
