@@ -45,8 +45,12 @@ def fisher_dir(task: str) -> Path:
 
 
 def frontier_dir(task: str, key: str) -> Path:
-    """Stage ``key`` (e.g. ``mmlu-L03``) of the chain: block.safetensors, states.safetensors, log.json."""
+    """Stage ``key`` (e.g. ``mmlu-L03``) of the chain: block.safetensors, states.safetensors, log.json,
+    and the DVCLive loss log in LIVE/."""
     return ARTIFACTS / task / "frontier" / key
+
+
+LIVE = "live"  # DVCLive directory inside each frontier stage's output
 
 
 def export_dir(task: str) -> Path:
@@ -59,3 +63,4 @@ def quality_metrics(task: str) -> Path:
 
 def quality_plot(task: str) -> Path:
     return PLOTS / "quality" / f"{task}.json"
+
