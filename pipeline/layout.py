@@ -64,3 +64,12 @@ def quality_metrics(task: str) -> Path:
 def quality_plot(task: str) -> Path:
     return PLOTS / "quality" / f"{task}.json"
 
+
+def analysis_metrics(task: str) -> Path:
+    return METRICS / "analysis" / f"{task}.json"
+
+
+def analysis_plot(kind: str, task: str, suffix: str = ".json") -> Path:
+    """One directory per kind of figure (cka_before, pairing, ...), one file per task in it:
+    dvc.yaml's top-level plots name directories, so they cover every task in params.yaml."""
+    return PLOTS / "analysis" / kind / f"{task}{suffix}"

@@ -32,7 +32,7 @@ def test_pipeline_runs_then_caches_and_reruns_only_what_changed(tiny_project):
 
     set_param(root, "frontier.steps", 2)
     ran = repro(root, env)
-    assert ran == {"frontier@toy-L01", "frontier@toy-L02", "export@toy", "quality@toy"}
+    assert ran == {"frontier@toy-L01", "frontier@toy-L02", "export@toy", "quality@toy", "analysis@toy"}
 
     set_param(root, "quality.batch_size", 2)
     assert repro(root, env) == {"quality@toy"}
