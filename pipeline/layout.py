@@ -45,8 +45,12 @@ def fisher_dir(task: str) -> Path:
 
 
 def frontier_dir(task: str, key: str) -> Path:
-    """Stage ``key`` (e.g. ``mmlu-L03``) of the chain: block.safetensors, states.safetensors, log.json."""
+    """Stage ``key`` (e.g. ``mmlu-L03``) of the chain: block.safetensors, states.safetensors, log.json,
+    and the DVCLive loss log in LIVE/."""
     return ARTIFACTS / task / "frontier" / key
+
+
+LIVE = "live"  # DVCLive directory inside each frontier stage's output
 
 
 def export_dir(task: str) -> Path:
@@ -64,3 +68,13 @@ def quality_metrics(task: str) -> Path:
 
 def quality_plot(task: str) -> Path:
     return PLOTS / "quality" / f"{task}.json"
+
+
+def analysis_metrics(task: str) -> Path:
+    return METRICS / "analysis" / f"{task}.json"
+
+
+def analysis_plot(kind: str, task: str, suffix: str = ".json") -> Path:
+    """One directory per kind of figure (cka_before, pairing, ...), one file per task in it:
+    dvc.yaml's top-level plots name directories, so they cover every task in params.yaml."""
+    return PLOTS / "analysis" / kind / f"{task}{suffix}"

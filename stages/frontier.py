@@ -15,6 +15,7 @@ from pipeline.artifacts import atomic_path, load_tensors, save_tensors, write_js
 from pipeline.errors import PipelineError
 from pipeline.frontier import LayerTargets, OutputTargets, States, train_block
 from pipeline.loading import load_model, torch_dtype
+from pipeline.losslog import write_loss_log
 from pipeline.params import check_task, compute_dtype, frontier_config, load_params, storage_dtype
 from pipeline.runner import run_stage
 
@@ -59,6 +60,8 @@ def main() -> None:
         write_json(tmp / "log.json", {"key": stage_key, "layer": k, "objective": "output_kl" if is_last else cfg.objective,
                                       "before": result.objective_before, "after": result.objective_after,
                                       "losses": result.losses})
+        write_loss_log(tmp / layout.LIVE, result.losses,
+                       {"before": result.objective_before, "after": result.objective_after})
     print(f"{stage_key}: objective {result.objective_before:.4g} -> {result.objective_after:.4g}")
 
 

@@ -79,20 +79,60 @@ def shallow_pair(tmp_path_factory) -> tuple[Path, Path]:
                       source_shape=(3, 32, 2, 1), target_shape=(2, 24, 2, 1))
 
 
+PROJECT_FILES = ("pipeline", "stages", "scripts", "dvc.yaml", "params.yaml", "chain.yaml", ".gitignore",
+                 "requirements-models.txt")
+DVC_FILES = (".dvc/config", ".dvc/plots")  # copied after `dvc init`, which refuses an existing .dvc/
+
+
+def make_project(root: Path, pair: tuple[Path, Path], env: dict) -> None:
+    """A git + DVC repo at ``root`` holding a copy of the project, set to ``pair`` and the toy task."""
+    root.mkdir()
+    for item in PROJECT_FILES:
+        src = ROOT / item
+        if src.exists():
+            (shutil.copytree(src, root / item, ignore=shutil.ignore_patterns("__pycache__"))
+             if src.is_dir() else shutil.copy(src, root / item))
+    write_params(root, tiny_params(*pair), n_layers=2)
+    sh(root, env, "git", "init", "-q")
+    sh(root, env, "dvc", "init", "-q")
+    for item in DVC_FILES:
+        src = ROOT / item
+        (shutil.copytree(src, root / item) if src.is_dir() else shutil.copy(src, root / item))
+    sh(root, env, "git", "add", "-A")
+    sh(root, env, "git", "commit", "-qm", "init")
+
+
 @pytest.fixture
 def tiny_project(tmp_path, shallow_pair):
     """A git + DVC repo holding a copy of the project, set to the shallow pair and the toy task."""
-    root = tmp_path / "proj"
-    root.mkdir()
-    for item in ("pipeline", "stages", "dvc.yaml", "params.yaml", "chain.yaml", ".gitignore", ".dvc/config",
-                 "requirements-models.txt"):
-        src = ROOT / item
-        (shutil.copytree(src, root / item, ignore=shutil.ignore_patterns("__pycache__"))
-         if src.is_dir() else shutil.copy(src, root / item))
-    write_params(root, tiny_params(*shallow_pair), n_layers=2)
     env = dvc_env(tmp_path)
-    sh(root, env, "git", "init", "-q")
-    sh(root, env, "dvc", "init", "-q")
+    make_project(tmp_path / "proj", shallow_pair, env)
+    return tmp_path / "proj", env
+
+
+@pytest.fixture(scope="session")
+def reproduced_project(tmp_path_factory, shallow_pair):
+    """The tiny project after one full `dvc repro`, dvc.lock committed: (root, env, stages that ran).
+
+    Shared by the sharing, experiment and analysis tests (a full run costs minutes on a loaded
+    2-core machine); they only add commits, experiments and remotes, never change params.
+    """
+    tmp = tmp_path_factory.mktemp("reproduced")
+    env = dvc_env(tmp)
+    root = tmp / "proj"
+    make_project(root, shallow_pair, env)
+    ran = repro(root, env)
     sh(root, env, "git", "add", "-A")
-    sh(root, env, "git", "commit", "-qm", "init")
-    return root, env
+    sh(root, env, "git", "commit", "-qm", "reproduce")
+    return root, env, ran
+
+
+@pytest.fixture
+def reproduced_copy(reproduced_project, tmp_path):
+    """A private copy of the reproduced project, free to change params and rerun: (root, env, stages
+    the first run ran). Copying costs a second; a fresh full run costs minutes."""
+    src, _, ran = reproduced_project
+    root = tmp_path / "proj"
+    shutil.copytree(src, root, symlinks=True,  # not .dvc/tmp: other tests' queue state and locks
+                    ignore=lambda d, names: ["tmp"] if Path(d) == src / ".dvc" else [])
+    return root, dvc_env(tmp_path), ran

@@ -18,9 +18,8 @@ def set_param(root, dotted: str, value) -> None:
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
-def test_pipeline_runs_then_caches_and_reruns_only_what_changed(tiny_project):
-    root, env = tiny_project
-    first = repro(root, env)
+def test_pipeline_runs_then_caches_and_reruns_only_what_changed(reproduced_copy):
+    root, env, first = reproduced_copy
     assert {"align", "extract@toy", "attribute@toy", "pair@toy", "fisher@toy", "embed@toy",
             "frontier@toy-L01", "frontier@toy-L02", "export@toy", "quality@toy"} <= first
     quality = json.loads((root / "metrics/quality/toy.json").read_text())
@@ -31,7 +30,7 @@ def test_pipeline_runs_then_caches_and_reruns_only_what_changed(tiny_project):
 
     set_param(root, "frontier.steps", 2)
     ran = repro(root, env)
-    assert ran == {"frontier@toy-L01", "frontier@toy-L02", "export@toy", "quality@toy"}
+    assert ran == {"frontier@toy-L01", "frontier@toy-L02", "export@toy", "quality@toy", "analysis@toy"}
 
     set_param(root, "quality.batch_size", 2)
     assert repro(root, env) == {"quality@toy"}

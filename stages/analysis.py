@@ -1,0 +1,90 @@
+"""Stage `analysis@TASK`: the paper's analysis figures for one task.
+
+- layer-by-layer debiased linear CKA of source vs target hidden states on the held-out
+  validation tokens, for the untouched target and for the transferred model;
+- attribution score per source layer, the pairing map, and the frontier stages' per-step
+  loss curves (from their DVCLive logs), gathered into one file per task so that the
+  top-level `plots:` of dvc.yaml can name them without knowing the task list.
+
+Writes plots/analysis/KIND/TASK.{json,png} and metrics/analysis/TASK.json.
+"""
+
+import sys
+
+import torch
+
+from pipeline import chain, layout
+from pipeline.adapter import ModelAdapter
+from pipeline.artifacts import load_metadata, load_tensors, read_json, write_json
+from pipeline.cka import cka_matrix, prepare
+from pipeline.data import encoded_from_tensors
+from pipeline.errors import PipelineError
+from pipeline.figures import (attribution_records, cka_records, loss_records, paired_cka, pairing_records,
+                              save_heatmaps)
+from pipeline.loading import load_model
+from pipeline.losslog import read_losses
+from pipeline.params import check_task, load_params, section
+from pipeline.quality import target_states
+from pipeline.runner import run_stage
+
+
+def position_subset(n: int, limit: int) -> torch.Tensor:
+    """Evenly spaced rows when there are more supervised positions than the Gram budget allows."""
+    if limit < 4:
+        raise PipelineError(f"analysis.max_positions is {limit}", "set it to at least 4 (CKA needs 4 rows)")
+    if n <= limit:
+        return torch.arange(n)
+    return torch.linspace(0, n - 1, limit).round().long().unique()
+
+
+def loss_curves(task: str) -> dict[str, list[float]]:
+    keys = sorted((k for k, e in chain.load_chain().items() if e.get("task") == task), key=lambda k: chain.parse_key(k)[1])
+    return {k: read_losses(layout.frontier_dir(task, k) / layout.LIVE) for k in keys}
+
+
+def main() -> None:
+    task = sys.argv[1]
+    params = load_params()
+    check_task(params, task)
+    cfg = section(params, "analysis")
+    dtype = str(section(params, "models").get("dtype", "bfloat16"))
+    val = layout.source_dir(task) / "validation"
+    tokens_file = val / "tokens.safetensors"
+    enc = encoded_from_tensors(load_metadata(tokens_file)["ids"] if tokens_file.is_file() else [],
+                               load_tensors(tokens_file, "the extract stage"))
+    pairing = read_json(layout.pairing_file(task), "the pair stage")
+    scores = read_json(layout.attribution_file(task), "the attribute stage")["scores"]
+    rows = position_subset(enc.n_supervised, int(cfg["max_positions"]))
+
+    source = []
+    for layer in range(1, int(pairing["n_source"]) + 1):
+        hidden = load_tensors(layout.layer_file(val, layer), "the extract stage")["hidden"]
+        if hidden.shape[0] != enc.n_supervised:
+            raise PipelineError(f"source layer {layer} has {hidden.shape[0]} rows, the tokens {enc.n_supervised} "
+                                "supervised positions", "re-run the extract stage for this task")
+        source.append(prepare(hidden[rows]))
+
+    matrices = {}
+    for name, model_dir in (("before", layout.model_dir("target")), ("after", layout.export_dir(task))):
+        adapter = ModelAdapter(load_model(str(model_dir), dtype))
+        states = target_states(adapter, enc, int(cfg["batch_size"]), progress=False)
+        matrices[name] = cka_matrix(source, (h[rows] for h in states))
+        del adapter, states
+
+    pairs = [int(p) for p in pairing["pairs"]]
+    for name, matrix in matrices.items():
+        write_json(layout.analysis_plot(f"cka_{name}", task), cka_records(matrix))
+    write_json(layout.analysis_plot("attribution", task), attribution_records(scores))
+    write_json(layout.analysis_plot("pairing", task), pairing_records(pairing))
+    write_json(layout.analysis_plot("frontier_loss", task), loss_records(loss_curves(task)))
+    save_heatmaps(layout.analysis_plot("cka_heatmap", task, ".png"),
+                  {"untouched target": matrices["before"], "after transfer": matrices["after"]}, pairs,
+                  f"{task}: linear CKA, source vs target layers ({len(rows)} positions)")
+    metrics = {"cka_paired_before": paired_cka(matrices["before"], pairs),
+               "cka_paired_after": paired_cka(matrices["after"], pairs)}
+    write_json(layout.analysis_metrics(task), metrics)
+    print(f"{task}: " + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
+
+
+if __name__ == "__main__":
+    run_stage(f"analysis@{sys.argv[1]}", main)
