@@ -149,6 +149,26 @@ def markdown(tab: pd.DataFrame, source: str) -> str:
     return "\n".join(lines + notes) + "\n"
 
 
+def summary_metrics(tab: pd.DataFrame) -> dict:
+    """``{"results": {model: {"mean", "gap_to_source", "runs"}}}`` for ``dvc exp show``.
+
+    The per-benchmark numbers are already metrics of the evaluate stages; this adds the two
+    derived columns so experiments can be compared on the paper's headline quantity.
+    """
+    out = {}
+    for _, row in tab.iterrows():
+        entry = {}
+        for col, name in (("mean", "mean"), ("gap", "gap_to_source")):
+            if not (isinstance(row[col], float) and math.isnan(row[col])):
+                entry[name] = round(float(row[col]), 4)
+                std = row[f"{col}_std"]
+                if not (isinstance(std, float) and math.isnan(std)):
+                    entry[f"{name}_std"] = round(float(std), 4)
+        entry["runs"] = int(row["runs"])
+        out[row["model"]] = entry
+    return {"results": out}
+
+
 def plot_rows(tab: pd.DataFrame) -> pd.DataFrame:
     """Long format for ``dvc plots``: model, benchmark, score (+ a label and error bounds)."""
     rows = []

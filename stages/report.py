@@ -4,7 +4,8 @@
 
 Reads ``metrics/eval/<model>/<benchmark>.json`` and writes ``metrics/results.md`` and
 ``metrics/results.csv`` (rows: models, seeds grouped; columns: the four benchmarks, their
-mean and the mean absolute gap to the source), ``plots/results.csv`` (long format for
+mean and the mean absolute gap to the source), ``metrics/results.json`` (mean and gap per
+model, for ``dvc exp show``), ``plots/results.csv`` (long format for
 ``dvc plots``) and ``plots/results.png``. The source key and the row order come from the
 ``evaluation`` block of params.yaml (``source_key``, ``models``) unless given here.
 """
@@ -19,9 +20,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the library, fro
 
 import yaml  # noqa: E402
 
-from pipeline.artifacts import atomic_path  # noqa: E402
+from pipeline.artifacts import atomic_path, write_json  # noqa: E402
 from pipeline.errors import PipelineError  # noqa: E402
-from pipeline.report import bar_chart, collect, markdown, plot_rows, table  # noqa: E402
+from pipeline.report import bar_chart, collect, markdown, plot_rows, summary_metrics, table  # noqa: E402
 
 
 def run(args: argparse.Namespace) -> None:
@@ -34,6 +35,7 @@ def run(args: argparse.Namespace) -> None:
         tmp.write_text(markdown(tab, source))
     with atomic_path(args.out_csv) as tmp:
         tab.round(4).to_csv(tmp, index=False)
+    write_json(args.out_json, summary_metrics(tab))
     plot = plot_rows(tab)
     with atomic_path(args.plot_csv) as tmp:
         plot.to_csv(tmp, index=False)
@@ -49,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--source", help="model key the gap is measured to (default: evaluation.source_key)")
     ap.add_argument("--out-md", default="metrics/results.md")
     ap.add_argument("--out-csv", default="metrics/results.csv")
+    ap.add_argument("--out-json", default="metrics/results.json", help="mean and gap per model (DVC metrics)")
     ap.add_argument("--plot-csv", default="plots/results.csv")
     ap.add_argument("--plot-png", default="plots/results.png")
     args = ap.parse_args(argv)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import math
 from pathlib import Path
 
@@ -85,12 +86,15 @@ def test_report_stage_writes_markdown_csv_and_plots(paper_metrics, tmp_path):
     out = tmp_path / "out"
     assert stage.main(["--metrics-dir", str(paper_metrics), "--params", str(tmp_path / "none.yaml"),
                        "--out-md", str(out / "results.md"), "--out-csv", str(out / "results.csv"),
+                       "--out-json", str(out / "results.json"),
                        "--plot-csv", str(out / "plots.csv"), "--plot-png", str(out / "results.png")]) == 0
     md = (out / "results.md").read_text()
     assert "| model | mmlu (acc) | gsm8k (em_flexible) | humaneval (pass_at_1) | mbpp (pass_at_1) | mean |" in md
     assert "| semalign | 50.30 [" in md and "(n=10000)" in md and "| 1.44 |" in md
     csv = pd.read_csv(out / "results.csv").set_index("model")
     assert math.isclose(csv.loc["seeking", "gap"], 3.9225, abs_tol=1e-4)
+    summary = json.loads((out / "results.json").read_text())["results"]
+    assert summary["semalign"]["gap_to_source"] == 1.4425 and summary["source"]["gap_to_source"] == 0.0
     plots = pd.read_csv(out / "plots.csv")
     assert list(plots.columns[:4]) == ["label", "model", "benchmark", "score"] and len(plots) == 20
     assert (out / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
