@@ -95,6 +95,7 @@ def choice_logprobs(
     cont_ids = [[continuation_ids(tokenizer, c, k) for k in choices] for c in contexts]
     single = [i for i in range(len(contexts))
               if not force_per_choice and all(len(k) == 1 for k in cont_ids[i])]
+    single.sort(key=lambda i: -len(ctx_ids[i]))  # similar lengths share a batch: less padding
     chosen = set(single)
     multi = [i for i in range(len(contexts)) if i not in chosen]
     scores = torch.full((len(contexts), len(choices)), float("nan"))
