@@ -120,6 +120,12 @@ def run(args: argparse.Namespace) -> None:
     from pipeline.loading import load_model, load_tokenizer
 
     warn_slow_dtype(block.get("dtype", "float32"), device)
+    if block.get("threads"):
+        # On a shared or busy CPU, fewer intra-op threads can be much faster: idle OpenMP
+        # workers spin while the OS schedules someone else's process on their core.
+        import torch
+
+        torch.set_num_threads(int(block["threads"]))
     tokenizer = load_tokenizer(str(model_dir))
     model = load_model(str(model_dir), block.get("dtype", "float32")).to(device)
     result = evaluate(args.benchmark, model, tokenizer, records, settings, sandbox, progress=not args.no_progress)
