@@ -3,7 +3,8 @@
 GSM8K follows lm-evaluation-harness's two filters:
 
 * ``flexible``: the last number anywhere in the output;
-* ``strict``: the first number right after "The answer is" or "####".
+* ``strict``: the first number right after "The answer is" or "####" (allowing only
+  markdown bold and LaTeX ``\\(``, ``\\[``, ``\\boxed{`` around it).
 
 Numbers are compared after removing "$" and thousands separators and as decimals, so
 "1,234", "$1234" and "1234.00" all equal "1234". (The harness compares strings, which
@@ -28,7 +29,9 @@ from decimal import Decimal, InvalidOperation
 # "-$1,234.50", "18", "0.5"; the leading digit keeps "," and "." of prose out.
 _NUMBER = r"-?\$?\d(?:[\d,]*\d)?(?:\.\d+)?"
 _NUMBER_RE = re.compile(_NUMBER)
-_STRICT_RE = re.compile(r"(?:####|[Tt]he answer is:?)\s*\**\s*(" + _NUMBER + ")")
+# Strict keeps the harness's anchor but lets the number sit in the wrappers chat models put
+# around it ("The answer is **42**", "\\(42\\)", "\\boxed{42}"): the anchor is the format check.
+_STRICT_RE = re.compile(r"(?:####|[Tt]he answer is:?)\s*(?:\*\*|\\\(|\\\[|\\boxed\{|\s)*(" + _NUMBER + ")")
 _FENCE_RE = re.compile(r"```[ \t]*([\w+-]*)[^\n]*\n(.*?)(?:```|\Z)", re.S)
 _PY_LANGS = {"", "python", "py", "python3"}
 _KEPT_NODES = (ast.Import, ast.ImportFrom, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef,

@@ -18,6 +18,9 @@ from pipeline.stats import mean_std, proportion, wilson_interval
     ("The answer is: **42**", "42", "42"),
     ("It costs 18.00 dollars", "18", None),
     ("#### -5", "-5", "-5"),
+    ("Write the final answer: The answer is \\(280\\).", "280", "280"),
+    ("Therefore, the answer is \\(\\boxed{6}\\).", "6", "6"),
+    ("The answer is that 3 boxes hold 12.", "12", None),
     ("no digits here", None, None),
 ])
 def test_gsm8k_extraction(text, flexible, strict):
