@@ -1,0 +1,209 @@
+"""The results table (the paper's Table 1 layout) from the evaluate stage's metrics files.
+
+Rows are models, columns the four benchmarks' headline numbers (percent), their mean, and
+the mean absolute gap to the source model, the paper's headline quantity ("SemAlign ends
+up closest to the source"). Each benchmark cell keeps its n and 95% interval.
+
+Seeds: model keys ``<name>-s<k>`` (e.g. ``semalign-s1``, ``semalign-s2``) are runs of one
+method. Their row shows mean ± sample std over runs; the mean and the gap are computed per
+run first and then averaged, since a gap of averaged scores would hide run-to-run swings.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+from typing import Sequence
+
+import pandas as pd
+
+from pipeline.benchmarks import BENCHMARKS, PRIMARY
+from pipeline.errors import PipelineError
+from pipeline.stats import mean_std
+
+_SEED = re.compile(r"^(?P<group>.+)-s(?P<seed>\d+)$")
+
+
+def seed_group(model_key: str) -> str:
+    """``semalign-s2`` -> ``semalign``; keys without a seed suffix are their own group."""
+    m = _SEED.match(model_key)
+    return m.group("group") if m else model_key
+
+
+def collect(metrics_dir: str | Path) -> pd.DataFrame:
+    """One row per (model run, benchmark): score, interval, n, from ``<dir>/<model>/<bench>.json``."""
+    rows = []
+    for path in sorted(Path(metrics_dir).glob("*/*.json")):
+        try:
+            record = json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise PipelineError(f"{path} is not valid JSON ({exc})", "re-run its evaluate stage") from exc
+        for bench, per_model in record.items():
+            if bench not in PRIMARY:
+                continue
+            for model, m in per_model.items():
+                key = PRIMARY[bench]
+                rows.append({"model": model, "benchmark": bench, "score": m[key],
+                             "ci95_low": m[f"{key}_ci95_low"], "ci95_high": m[f"{key}_ci95_high"], "n": m["n"]})
+    if not rows:
+        raise PipelineError(f"no evaluation metrics under {metrics_dir}",
+                            "run the evaluate stages first (`dvc repro`)")
+    return pd.DataFrame(rows)
+
+
+def _nanmean(values: Sequence[float]) -> float:
+    vals = [v for v in values if not math.isnan(v)]
+    return sum(vals) / len(vals) if vals else math.nan
+
+
+def per_run(long: pd.DataFrame, source: str) -> pd.DataFrame:
+    """Wide per model run: one score column per benchmark, plus ``mean`` and ``gap``."""
+    wide = long.pivot_table(index="model", columns="benchmark", values="score", aggfunc="first")
+    benches = [b for b in BENCHMARKS if b in wide.columns]
+    wide = wide.reindex(columns=benches)
+    wide["mean"] = [_nanmean(list(row)) for row in wide[benches].itertuples(index=False)]
+    if source in wide.index:
+        ref = wide.loc[source, benches]
+        wide["gap"] = [_nanmean([abs(v - r) for v, r in zip(row, ref)])
+                       for row in wide[benches].itertuples(index=False)]
+    else:
+        wide["gap"] = math.nan
+    return wide
+
+
+def _order(groups: Sequence[str], source: str, preferred: Sequence[str]) -> list[str]:
+    first = [source] if source in groups else []
+    pref = [g for g in dict.fromkeys(seed_group(p) for p in preferred) if g in groups and g != source]
+    return first + pref + sorted(g for g in groups if g not in first and g not in pref)
+
+
+def table(long: pd.DataFrame, source: str, preferred: Sequence[str] = ()) -> pd.DataFrame:
+    """One row per method (seeds grouped): per benchmark mean, std, n, CI; mean; gap."""
+    runs = per_run(long, source)
+    benches = [b for b in BENCHMARKS if b in runs.columns]
+    info = long.set_index(["model", "benchmark"])
+    groups: dict[str, list[str]] = {}
+    for model in runs.index:
+        groups.setdefault(seed_group(model), []).append(model)
+    out = []
+    for group in _order(list(groups), source, preferred):
+        members = sorted(groups[group])
+        row: dict = {"model": group, "runs": len(members)}
+        for b in benches:
+            vals = [runs.loc[m, b] for m in members if not math.isnan(runs.loc[m, b])]
+            if not vals:
+                row.update({b: math.nan, f"{b}_std": math.nan, f"{b}_n": math.nan,
+                            f"{b}_ci95_low": math.nan, f"{b}_ci95_high": math.nan})
+                continue
+            mean, std = mean_std(vals)
+            ns = [int(info.loc[(m, b), "n"]) for m in members if (m, b) in info.index]
+            single = len(vals) == 1
+            row.update({b: mean, f"{b}_std": std if not single else math.nan, f"{b}_n": min(ns),
+                        f"{b}_ci95_low": info.loc[(members[0], b), "ci95_low"] if single else math.nan,
+                        f"{b}_ci95_high": info.loc[(members[0], b), "ci95_high"] if single else math.nan})
+        for col in ("mean", "gap"):
+            vals = [runs.loc[m, col] for m in members if not math.isnan(runs.loc[m, col])]
+            mean, std = mean_std(vals) if vals else (math.nan, math.nan)
+            row.update({col: mean, f"{col}_std": std if len(vals) > 1 else math.nan})
+        out.append(row)
+    return pd.DataFrame(out)
+
+
+def _cell(row: pd.Series, b: str) -> str:
+    v = row[b]
+    if isinstance(v, float) and math.isnan(v):
+        return "–"
+    if row["runs"] > 1:
+        return f"{v:.2f} ± {row[f'{b}_std']:.2f} (n={int(row[f'{b}_n'])}×{int(row['runs'])})"
+    return f"{v:.2f} [{row[f'{b}_ci95_low']:.1f}, {row[f'{b}_ci95_high']:.1f}] (n={int(row[f'{b}_n'])})"
+
+
+def _plain(row: pd.Series, col: str) -> str:
+    v = row[col]
+    if isinstance(v, float) and math.isnan(v):
+        return "–"
+    std = row[f"{col}_std"]
+    return f"{v:.2f} ± {std:.2f}" if not (isinstance(std, float) and math.isnan(std)) else f"{v:.2f}"
+
+
+def markdown(tab: pd.DataFrame, source: str) -> str:
+    """A Markdown table; cells "score [CI low, high] (n=…)" or "mean ± std (n=…×runs)"."""
+    benches = [b for b in BENCHMARKS if b in tab.columns]
+    header = ["model"] + [f"{b} ({PRIMARY[b]})" for b in benches] + ["mean", f"gap to {source}"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    for _, row in tab.iterrows():
+        label = row["model"] + (f" ({int(row['runs'])} seeds)" if row["runs"] > 1 else "")
+        cells = [label] + [_cell(row, b) for b in benches] + [_plain(row, "mean"), _plain(row, "gap")]
+        lines.append("| " + " | ".join(cells) + " |")
+    notes = [
+        "",
+        "Scores in percent. Single runs: [Wilson 95% interval] and the number of questions n. "
+        "Several seeds (model keys `<name>-s<k>`): mean ± sample std over runs, n questions per run.",
+        f"mean: unweighted mean of the benchmark columns; gap: mean absolute difference to `{source}` "
+        "over the benchmarks both have (per run, then averaged).",
+    ]
+    if tab[benches].isna().any().any():
+        notes.append("– = not evaluated; means and gaps then use the benchmarks available.")
+    return "\n".join(lines + notes) + "\n"
+
+
+def summary_metrics(tab: pd.DataFrame) -> dict:
+    """``{"results": {model: {"mean", "gap_to_source", "runs"}}}`` for ``dvc exp show``.
+
+    The per-benchmark numbers are already metrics of the evaluate stages; this adds the two
+    derived columns so experiments can be compared on the paper's headline quantity.
+    """
+    out = {}
+    for _, row in tab.iterrows():
+        entry = {}
+        for col, name in (("mean", "mean"), ("gap", "gap_to_source")):
+            if not (isinstance(row[col], float) and math.isnan(row[col])):
+                entry[name] = round(float(row[col]), 4)
+                std = row[f"{col}_std"]
+                if not (isinstance(std, float) and math.isnan(std)):
+                    entry[f"{name}_std"] = round(float(std), 4)
+        entry["runs"] = int(row["runs"])
+        out[row["model"]] = entry
+    return {"results": out}
+
+
+def plot_rows(tab: pd.DataFrame) -> pd.DataFrame:
+    """Long format for ``dvc plots``: model, benchmark, score (+ a label and error bounds)."""
+    rows = []
+    for _, row in tab.iterrows():
+        for b in [b for b in BENCHMARKS if b in tab.columns]:
+            if isinstance(row[b], float) and math.isnan(row[b]):
+                continue
+            single = row["runs"] == 1
+            err_low = row[f"{b}_ci95_low"] if single else row[b] - row[f"{b}_std"]
+            err_high = row[f"{b}_ci95_high"] if single else row[b] + row[f"{b}_std"]
+            rows.append({"label": f"{b} · {row['model']}", "model": row["model"], "benchmark": b,
+                         "score": round(float(row[b]), 2), "low": round(float(err_low), 2),
+                         "high": round(float(err_high), 2)})
+    return pd.DataFrame(rows)
+
+
+def bar_chart(plot: pd.DataFrame, path: str | Path) -> None:
+    """Grouped bars per benchmark, one colour per model, whiskers = CI (or ± std over seeds)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    benches = list(dict.fromkeys(plot["benchmark"]))
+    models = list(dict.fromkeys(plot["model"]))
+    width = 0.8 / max(1, len(models))
+    fig, ax = plt.subplots(figsize=(2.8 + 1.4 * len(benches), 3.6))
+    for i, model in enumerate(models):
+        sub = plot[plot["model"] == model].set_index("benchmark").reindex(benches)
+        xs = [j + (i - (len(models) - 1) / 2) * width for j in range(len(benches))]
+        err = [(sub["score"] - sub["low"]).clip(lower=0).fillna(0), (sub["high"] - sub["score"]).clip(lower=0).fillna(0)]
+        ax.bar(xs, sub["score"].fillna(0), width, yerr=err, capsize=2, label=model)
+    ax.set_xticks(range(len(benches)), benches)
+    ax.set_ylabel("score (%)")
+    ax.legend(fontsize=8, frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    fig.tight_layout()
+    fig.savefig(path, dpi=120, format="png")  # explicit: atomic writes use a .tmp name
+    plt.close(fig)

@@ -1,0 +1,100 @@
+"""The results table: gap-to-source arithmetic, seed grouping, Markdown/CSV/plot outputs."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from pipeline.artifacts import write_json
+from pipeline.benchmarks import PRIMARY
+from pipeline.errors import PipelineError
+from pipeline.report import collect, markdown, seed_group, table
+from pipeline.stats import proportion
+
+ROOT = Path(__file__).resolve().parents[1]
+N = 10000  # large n so the paper's two-decimal percentages are exact counts
+PAPER = {  # SemAlign v1 Table 1 (paper-results.md): MMLU, GSM8K, HumanEval, MBPP
+    "source": (52.90, 20.55, 18.75, 19.20),
+    "target": (44.20, 16.07, 14.05, 17.80),
+    "seeking": (49.60, 28.23, 15.44, 20.60),
+    "laten": (44.40, 20.47, 14.63, 18.20),
+    "semalign": (50.30, 19.21, 17.34, 18.78),
+}
+
+
+def write_metrics(root: Path, model: str, scores) -> None:
+    for bench, score in zip(("mmlu", "gsm8k", "humaneval", "mbpp"), scores):
+        if score is None:
+            continue
+        m = {**proportion(round(score * N / 100), N, PRIMARY[bench]), "n": N}
+        write_json(root / model / f"{bench}.json", {bench: {model: m}})
+
+
+@pytest.fixture
+def paper_metrics(tmp_path):
+    for model, scores in PAPER.items():
+        write_metrics(tmp_path / "eval", model, scores)
+    return tmp_path / "eval"
+
+
+def test_gap_to_source_reproduces_the_paper(paper_metrics):
+    tab = table(collect(paper_metrics), "source", ["source", "target", "semalign"]).set_index("model")
+    assert list(tab.index) == ["source", "target", "semalign", "laten", "seeking"]
+    # paper-results.md: SemAlign 1.44, SEEKING about 3.92, LaTen about 3.43
+    assert math.isclose(tab.loc["semalign", "gap"], 1.4425, abs_tol=1e-9)
+    assert math.isclose(tab.loc["seeking", "gap"], 3.9225, abs_tol=1e-9)
+    assert math.isclose(tab.loc["laten", "gap"], 3.425, abs_tol=1e-9)
+    assert tab.loc["source", "gap"] == 0
+    assert math.isclose(tab.loc["target", "mean"], sum(PAPER["target"]) / 4)
+    assert tab.loc["semalign", "mmlu_n"] == N
+    assert tab.loc["semalign", "mmlu_ci95_low"] < 50.30 < tab.loc["semalign", "mmlu_ci95_high"]
+
+
+def test_seed_runs_are_grouped_with_mean_and_std(tmp_path):
+    write_metrics(tmp_path, "source", (50.0, 20.0, 20.0, 20.0))
+    write_metrics(tmp_path, "semalign-s1", (48.0, 20.0, 18.0, 20.0))  # gap (2+0+2+0)/4 = 1.0
+    write_metrics(tmp_path, "semalign-s2", (52.0, 22.0, 20.0, 20.0))  # gap (2+2+0+0)/4 = 1.0
+    write_metrics(tmp_path, "semalign-s3", (50.0, 18.0, 22.0, 20.0))  # gap (0+2+2+0)/4 = 1.0
+    tab = table(collect(tmp_path), "source").set_index("model")
+    assert list(tab.index) == ["source", "semalign"] and tab.loc["semalign", "runs"] == 3
+    assert math.isclose(tab.loc["semalign", "mmlu"], 50.0) and math.isclose(tab.loc["semalign", "mmlu_std"], 2.0)
+    # per-run gaps (all 1.0) averaged; the gap of the averaged scores would be 0
+    assert math.isclose(tab.loc["semalign", "gap"], 1.0) and math.isclose(tab.loc["semalign", "gap_std"], 0.0)
+    assert math.isnan(tab.loc["semalign", "mmlu_ci95_low"])  # CIs only for single runs
+    assert seed_group("semalign-s12") == "semalign" and seed_group("lora-rank-16") == "lora-rank-16"
+    md = markdown(tab.reset_index(), "source")
+    assert "semalign (3 seeds)" in md and "50.00 ± 2.00 (n=10000×3)" in md
+
+
+def test_missing_benchmarks_and_source(tmp_path):
+    write_metrics(tmp_path, "target", (40.0, None, None, 10.0))
+    tab = table(collect(tmp_path), "source").set_index("model")
+    assert math.isclose(tab.loc["target", "mean"], 25.0) and math.isnan(tab.loc["target", "gap"])
+    with pytest.raises(PipelineError, match="no evaluation metrics"):
+        collect(tmp_path / "nothing")
+
+
+def test_report_stage_writes_markdown_csv_and_plots(paper_metrics, tmp_path):
+    spec = importlib.util.spec_from_file_location("report_stage", ROOT / "stages" / "report.py")
+    stage = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(stage)
+    out = tmp_path / "out"
+    assert stage.main(["--metrics-dir", str(paper_metrics), "--params", str(tmp_path / "none.yaml"),
+                       "--out-md", str(out / "results.md"), "--out-csv", str(out / "results.csv"),
+                       "--out-json", str(out / "results.json"),
+                       "--plot-csv", str(out / "plots.csv"), "--plot-png", str(out / "results.png")]) == 0
+    md = (out / "results.md").read_text()
+    assert "| model | mmlu (acc) | gsm8k (em_flexible) | humaneval (pass_at_1) | mbpp (pass_at_1) | mean |" in md
+    assert "| semalign | 50.30 [" in md and "(n=10000)" in md and "| 1.44 |" in md
+    csv = pd.read_csv(out / "results.csv").set_index("model")
+    assert math.isclose(csv.loc["seeking", "gap"], 3.9225, abs_tol=1e-4)
+    summary = json.loads((out / "results.json").read_text())["results"]
+    assert summary["semalign"]["gap_to_source"] == 1.4425 and summary["source"]["gap_to_source"] == 0.0
+    plots = pd.read_csv(out / "plots.csv")
+    assert list(plots.columns[:4]) == ["label", "model", "benchmark", "score"] and len(plots) == 20
+    assert (out / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
