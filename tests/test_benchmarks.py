@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from eval_helpers import gsm8k_record, humaneval_record, mbpp_record, mmlu_record, tiny_model_dir
 
 import pipeline.benchmarks as benchmarks
-from eval_helpers import gsm8k_record, humaneval_record, mbpp_record, mmlu_record, tiny_model_dir
 from pipeline.benchmarks import Settings, check_records, evaluate, select
 from pipeline.data import write_jsonl
 from pipeline.errors import PipelineError

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import yaml
-from conftest import repro, sh, write_params
+from dvc_project import repro, sh, write_params
 
 
 def set_param(root, dotted: str, value) -> None:

@@ -10,8 +10,7 @@ import math
 from pathlib import Path
 
 import yaml
-
-from conftest import ROOT, RUNNING, sh
+from dvc_project import ROOT, RUNNING, sh
 
 QUALITY = {"target_kl", "semalign_kl", "target_top1", "semalign_top1", "kl_reduction"}
 ANALYSIS = {"cka_paired_before", "cka_paired_after"}

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from eval_helpers import tiny_model_dir
+
 from pipeline.data import render_prompt
 from pipeline.generation import cut, generate, greedy_config
 from pipeline.loading import load_model, load_tokenizer

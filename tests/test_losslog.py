@@ -7,8 +7,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from dvc_project import dvc_env
 
-from conftest import dvc_env
 from pipeline.errors import PipelineError
 from pipeline.losslog import read_losses, tsv_path, write_loss_log
 

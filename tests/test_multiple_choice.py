@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from eval_helpers import mmlu_record, tiny_model_dir
 from torch import nn
 
-from eval_helpers import mmlu_record, tiny_model_dir
 from pipeline.benchmarks import Settings, evaluate, mmlu_choices
 from pipeline.data import render_prompt
 from pipeline.loading import load_model, load_tokenizer

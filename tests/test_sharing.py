@@ -14,8 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from conftest import repro, sh
+from dvc_project import repro, sh
 
 SERVER = Path(__file__).with_name("sftp_server.py")
 LAYER = "artifacts/toy/source/transfer/layer_03.safetensors"

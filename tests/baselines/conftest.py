@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from source_cache_writer import write_source_cache
 
 from pipeline.data import write_jsonl
 from pipeline.tasks import toy
 from pipeline.tiny import write_pair
-from source_cache_writer import write_source_cache
 
 TASK = "toy"
 MAX_LENGTH = 64
