@@ -43,7 +43,7 @@ def best_of(fn, repeats: int) -> float:
 
 def extraction_ratio(source: Path, n: int, batch: int, repeats: int) -> None:
     tok = load_tokenizer(str(source))
-    adapter = ModelAdapter(load_model(str(source), "bfloat16"))
+    adapter = ModelAdapter(load_model(str(source), "float32"))
     records = builder("toy")({"transfer": n}, 0).splits["transfer"]
     enc = encode(tok, records, 256)
     layers = list(range(adapter.n_layers + 1))
@@ -68,8 +68,8 @@ def extraction_ratio(source: Path, n: int, batch: int, repeats: int) -> None:
 
 def frontier_ratio(source: Path, target: Path, n: int, steps: int) -> None:
     tok = load_tokenizer(str(target))
-    src = ModelAdapter(load_model(str(source), "bfloat16"))
-    tgt = ModelAdapter(load_model(str(target), "bfloat16"))
+    src = ModelAdapter(load_model(str(source), "float32"))
+    tgt = ModelAdapter(load_model(str(target), "float32"))
     enc = encode(tok, builder("toy")({"transfer": n}, 0).splits["transfer"], 256)
     got = capture(src, enc, [base_map(src.n_layers, tgt.n_layers)[0]], 64, 4, progress=False)
     amap = alignment_map(src.lm_head, tgt.lm_head)
