@@ -17,7 +17,8 @@ ANALYSIS = {"cka_paired_before", "cka_paired_after"}
 KEY_PARAMS = {"frontier.objective", "pairing.strategy", "fisher.top_k", "fisher.tau", "frontier.steps"}
 PLOTS = {"plots/quality/toy.json", "plots/analysis/cka_before/toy.json", "plots/analysis/cka_after/toy.json",
          "plots/analysis/cka_heatmap/toy.png", "plots/analysis/attribution/toy.json",
-         "plots/analysis/pairing/toy.json", "plots/analysis/frontier_loss/toy.json"}
+         "plots/analysis/pairing/toy.json", "plots/analysis/frontier_loss/toy.json",
+         "plots/results.csv", "plots/results.png"}
 
 
 def read(root: Path, rel: str):
