@@ -31,6 +31,7 @@ from pipeline.artifacts import atomic_path, write_json  # noqa: E402
 from pipeline.benchmarks import BENCHMARKS, PRIMARY, Settings, check_records, evaluate, select  # noqa: E402
 from pipeline.data import read_jsonl, write_jsonl  # noqa: E402
 from pipeline.errors import PipelineError  # noqa: E402
+from pipeline.runner import guarded  # noqa: E402
 
 SANDBOX_KEYS = ("isolation", "python", "workers")
 
@@ -153,12 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--artifacts-dir", default="artifacts/eval")
     ap.add_argument("--no-progress", action="store_true", help="no progress bars (logs, CI)")
     args = ap.parse_args(argv)
-    try:
-        run(args)
-    except PipelineError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return guarded(f"evaluate@{args.model_key}-{args.benchmark}", lambda: run(args))
 
 
 if __name__ == "__main__":

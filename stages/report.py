@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the library, fro
 import yaml  # noqa: E402
 
 from pipeline.artifacts import atomic_path, write_json  # noqa: E402
-from pipeline.errors import PipelineError  # noqa: E402
+from pipeline.runner import guarded  # noqa: E402
 from pipeline.report import bar_chart, collect, markdown, plot_rows, summary_metrics, table  # noqa: E402
 
 
@@ -55,12 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--plot-csv", default="plots/results.csv")
     ap.add_argument("--plot-png", default="plots/results.png")
     args = ap.parse_args(argv)
-    try:
-        run(args)
-    except PipelineError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return guarded("report", lambda: run(args))
 
 
 if __name__ == "__main__":
