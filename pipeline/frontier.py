@@ -125,9 +125,16 @@ class _Stage:
         self.offsets = states.offsets()
 
     def loss(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.loss_and_states(idx)[0]
+
+    def loss_and_states(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The objective on examples ``idx`` and the block's output h^(k) for them."""
         h_in = self.s.hidden[idx].to(self.compute)
         attn, mask = self.s.attention_mask[idx], self.s.supervised[idx]
         h_out = self.a.run_blocks(h_in, attn, self.k, self.k)
+        return self._objective(idx, h_in, h_out, attn, mask), h_out
+
+    def _objective(self, idx, h_in, h_out, attn, mask) -> torch.Tensor:
         rows = _rows(self.offsets, idx)
         h_sup = h_out[mask]
         if self.is_last:
@@ -147,14 +154,18 @@ class _Stage:
         return loss
 
     @torch.no_grad()
-    def mean_loss(self) -> float:
-        """The objective over the whole transfer split (weighted by batch size)."""
+    def mean_loss(self, collect: bool = False) -> tuple[float, torch.Tensor | None]:
+        """The objective over the whole transfer split (weighted by batch size), and with
+        ``collect`` the block's outputs h^(k), (N, T, D_t), from the same pass."""
         n = self.s.hidden.shape[0]
-        total = 0.0
+        total, outs = 0.0, []
         for sl in batches(n, self.cfg.batch_size):
             idx = torch.arange(sl.start, sl.stop)
-            total += float(self.loss(idx)) * len(idx)
-        return total / n
+            loss, h_out = self.loss_and_states(idx)
+            total += float(loss) * len(idx)
+            if collect:
+                outs.append(h_out)
+        return total / n, (torch.cat(outs) if collect else None)
 
 
 def check_inputs(adapter: ModelAdapter, k: int, states: States, targets: LayerTargets | None,
@@ -200,7 +211,7 @@ def train_block(adapter: ModelAdapter, k: int, states: States, targets: LayerTar
     params = [p for p in module.parameters() if p.requires_grad]
     stage = _Stage(adapter, k, states, targets, output, cfg, model_dtype)
 
-    before = stage.mean_loss()
+    before, _ = stage.mean_loss()
     check_finite("the frontier objective", before, f"stage {k} (before training)")
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     gen = torch.Generator().manual_seed(cfg.seed * 1000 + k)
@@ -222,12 +233,20 @@ def train_block(adapter: ModelAdapter, k: int, states: States, targets: LayerTar
         losses.append(float(loss.detach()))
     module.eval()
     block = finish()
-    after = stage.mean_loss()
     block.requires_grad_(False)
     block.to(store_dtype or model_dtype)
     state = {name: t.detach().clone() for name, t in block.state_dict().items()}
+    if model_dtype == compute:
+        # One pass gives both the objective of the stored (rounded) weights and h^(k).
+        block.to(compute)
+        after, states_out = stage.mean_loss(collect=True)
+    else:
+        block.to(compute)
+        after, _ = stage.mean_loss()
+        block.to(model_dtype)
+        states_out = propagate(adapter, k, states, cfg.batch_size)
     block.to(model_dtype)
-    return FrontierResult(state, propagate(adapter, k, states, cfg.batch_size), losses, before, after)
+    return FrontierResult(state, states_out, losses, before, after)
 
 
 @torch.no_grad()

@@ -55,6 +55,58 @@ def load_model(name_or_path: str, dtype: str = "bfloat16"):
     return model
 
 
+def load_model_blocks(model_dir: str | Path, dtype: str, first: int, last: int | None = None):
+    """The model with only blocks ``first..last`` (1-based, inclusive; ``last=None``: to the
+    end) and the non-block parts (embedding, final norm, LM head) loaded.
+
+    A frontier stage trains one block: reading and converting the other blocks' weights was
+    most of its start-up. The skipped blocks stay on the meta device, so any use of them
+    fails loudly instead of computing with garbage. Local safetensors directories only;
+    anything else is loaded whole.
+    """
+    from safetensors import safe_open
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from pipeline.adapter import ModelAdapter
+
+    d = Path(model_dir)
+    files = sorted(d.glob("*.safetensors")) if d.is_dir() else []
+    if not files:
+        return load_model(str(model_dir), dtype)
+    config = AutoConfig.from_pretrained(str(d))
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, dtype=torch_dtype(dtype))
+    adapter = ModelAdapter(model)
+    last = adapter.n_layers if last is None else last
+    adapter.check_layer(first, "first block to load")
+    adapter.check_layer(last, "last block to load")
+    skip = tuple(adapter.block_prefix(k) for k in range(1, adapter.n_layers + 1) if not first <= k <= last)
+    wanted = {name for name in model.state_dict() if not name.startswith(skip)}
+    tensors = {}
+    for f in files:
+        with safe_open(str(f), framework="pt") as st:
+            for name in st.keys():
+                if name in wanted:
+                    tensors[name] = st.get_tensor(name).to(torch_dtype(dtype))
+    if config.tie_word_embeddings:
+        wanted = {n for n in wanted if n not in _tied_names(model)}
+    missing = sorted(wanted - set(tensors))
+    if missing:
+        raise PipelineError(f"{d} lacks tensors {missing[:3]}",
+                            "point the model key at a complete Hugging Face safetensors checkpoint")
+    model.load_state_dict(tensors, strict=False, assign=True)
+    if config.tie_word_embeddings:
+        model.get_output_embeddings().weight = model.get_input_embeddings().weight
+    adapter.rebuild_buffers()
+    model.eval()
+    return model
+
+
+def _tied_names(model) -> set[str]:
+    out = model.get_output_embeddings()
+    return {f"{name}.weight" for name, mod in model.named_modules() if mod is out}
+
+
 def vocab_list(tokenizer) -> list[str]:
     """Token strings by id (added tokens included)."""
     vocab = tokenizer.get_vocab()

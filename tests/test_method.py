@@ -150,3 +150,34 @@ def test_exported_model_reproduces_the_chain(tmp_path, pair):
         h = reloaded.run_blocks(reloaded.embed(enc.input_ids), enc.attention_mask, 1, reloaded.n_layers)
     live = enc.attention_mask.bool()
     assert torch.allclose(h[live], states.hidden[live], atol=1e-4)
+
+
+def test_partial_load_computes_like_the_full_model_and_leaves_other_blocks_unloaded(pair):
+    from pipeline.errors import PipelineError
+    from pipeline.loading import load_model_blocks
+
+    _, target = pair
+    full = ModelAdapter(load_model(str(target), "float32"))
+    part = ModelAdapter(load_model_blocks(target, "float32", 2, 2))
+    torch.manual_seed(0)
+    h = torch.randn(2, 5, full.width)
+    attn = torch.ones(2, 5, dtype=torch.long)
+    assert torch.equal(part.run_blocks(h, attn, 2, 2), full.run_blocks(h, attn, 2, 2))
+    assert torch.equal(part.logit_lens(h), full.logit_lens(h))
+    assert torch.equal(part.embed(torch.tensor([[1, 2, 3]])), full.embed(torch.tensor([[1, 2, 3]])))
+    assert part.block(1).mlp.up_proj.weight.is_meta and not part.block(2).mlp.up_proj.weight.is_meta
+    tail = ModelAdapter(load_model_blocks(target, "float32", 2))
+    assert not tail.block(tail.n_layers).mlp.up_proj.weight.is_meta
+    with pytest.raises(PipelineError, match="outside the model"):
+        load_model_blocks(target, "float32", full.n_layers + 1)
+
+
+def test_partial_load_of_a_tied_model_shares_the_embedding(tmp_path):
+    from pipeline.loading import load_model_blocks
+    from pipeline.tiny import build_model
+
+    build_model("qwen2", 320, 3, 32, 4, 2, tie=True).save_pretrained(tmp_path)
+    part = ModelAdapter(load_model_blocks(tmp_path, "float32", 1, 1))
+    full = ModelAdapter(load_model(str(tmp_path), "float32"))
+    assert part.lm_head.data_ptr() == part.embedding.weight.data_ptr()
+    assert torch.equal(part.lm_head, full.lm_head)
