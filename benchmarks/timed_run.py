@@ -1,0 +1,82 @@
+"""Run a command (by default the README's main command) and time every DVC stage in it.
+
+    python -m benchmarks.timed_run [--log run.log] [--json stages.json] [-- make run]
+
+Each output line is stamped with the seconds since start and copied to the log. At the end
+it prints, per stage: the wall time from DVC's "Running stage" line to the next stage (so
+Python start-up, imports and DVC's own bookkeeping count), the stage's work time and its
+process's peak resident memory (from the "[stage] done in ..." line every stage prints),
+then the set-up before the first stage, the total wall time and the peak resident memory of
+the largest process the command ran. One run, one machine: the numbers to quote in a note.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+RUNNING = re.compile(r"Running stage '(?P<stage>[^']+)'")
+DONE = re.compile(r"\[(?P<stage>[^\]]+)\] done in (?P<work>[\d.]+) s, peak RSS (?P<rss>\d+) MB")
+
+
+def stage_rows(lines: list[tuple[float, str]], end: float) -> list[dict]:
+    """Stages in run order, with wall (start-up included), work and peak RSS where printed."""
+    rows: list[dict] = []
+    for t, line in lines:
+        m = RUNNING.search(line)
+        if m:
+            if rows:
+                rows[-1]["wall_s"] = round(t - rows[-1]["start_s"], 1)
+            rows.append({"stage": m["stage"], "start_s": round(t, 1)})
+            continue
+        d = DONE.search(line)
+        if d and rows:
+            rows[-1].update(work_s=float(d["work"]), peak_rss_mb=int(d["rss"]))
+    if rows and "wall_s" not in rows[-1]:
+        rows[-1]["wall_s"] = round(end - rows[-1]["start_s"], 1)
+    return rows
+
+
+def run(cmd: list[str], log: Path) -> tuple[list[tuple[float, str]], float, int]:
+    start = time.monotonic()
+    lines = []
+    with log.open("w") as out, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                                text=True, bufsize=1, errors="replace") as proc:
+        for line in proc.stdout:
+            t = time.monotonic() - start
+            lines.append((t, line))
+            out.write(f"{t:8.1f} {line}")
+            sys.stdout.write(line)
+    return lines, time.monotonic() - start, proc.returncode
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--log", type=Path, default=Path("timed_run.log"))
+    ap.add_argument("--json", type=Path, help="also write the per-stage table as JSON")
+    ap.add_argument("cmd", nargs="*", default=["make", "run"])
+    args = ap.parse_args()
+    lines, total, status = run(args.cmd or ["make", "run"], args.log)
+    rows = stage_rows(lines, total)
+    peak_gb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20  # KiB -> GiB
+    print(f"\n{'stage':42s} {'wall s':>8s} {'work s':>8s} {'peak MB':>8s}")
+    for r in rows:
+        print(f"{r['stage']:42s} {r['wall_s']:8.1f} {r.get('work_s', float('nan')):8.1f} {r.get('peak_rss_mb', 0):8d}")
+    setup = rows[0]["start_s"] if rows else total
+    print(f"\nset-up before the first stage: {setup / 60:.1f} min; stages: {len(rows)}; "
+          f"total: {total / 60:.1f} min; largest process peak RSS: {peak_gb:.1f} GiB; exit status {status}")
+    if args.json:
+        args.json.write_text(json.dumps({"command": args.cmd, "exit_status": status, "total_s": round(total, 1),
+                                         "setup_s": round(setup, 1), "peak_rss_gib": round(peak_gb, 2),
+                                         "stages": rows}, indent=1))
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,37 @@
+"""The default-run timer: per-stage wall time from DVC's output, work time and peak from the stages'."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+FAKE = """
+import time
+print("installing", flush=True)
+time.sleep(0.3)
+print("Running stage 'extract@mmlu':", flush=True)
+time.sleep(0.4)
+print("[extract@mmlu] done in 0.2 s, peak RSS 1234 MB", flush=True)
+print("Running stage 'frontier@mmlu-s0-L01':", flush=True)
+time.sleep(0.2)
+print("[frontier@mmlu-s0-L01] done in 0.1 s, peak RSS 321 MB", flush=True)
+"""
+
+
+def test_timer_reports_each_stage_from_one_run(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "benchmarks.timed_run", "--log", str(tmp_path / "run.log"),
+                          "--json", str(tmp_path / "run.json"), "--", sys.executable, "-c", FAKE],
+                         cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    record = json.loads((tmp_path / "run.json").read_text())
+    stages = {r["stage"]: r for r in record["stages"]}
+    assert list(stages) == ["extract@mmlu", "frontier@mmlu-s0-L01"]
+    assert stages["extract@mmlu"]["peak_rss_mb"] == 1234 and stages["extract@mmlu"]["work_s"] == 0.2
+    assert 0.35 <= stages["extract@mmlu"]["wall_s"] < 2.0  # from its Running line to the next one
+    assert record["setup_s"] >= 0.3 and record["total_s"] >= 0.9
+    assert "largest process peak RSS" in out.stdout
+    assert (tmp_path / "run.log").read_text().count("Running stage") == 2
