@@ -1,11 +1,11 @@
 """The per-layer frontier chain (chain.yaml), and the command that rewrites it.
 
 DVC templating has no arithmetic, so "stage k depends on stage k-1" is data: one entry per
-(task, target block), keyed ``<task>-L<k>``, naming its task, layer and the previous
-stage's key (``<task>-L00`` is the embedding stage). dvc.yaml loads the file through
-``vars`` rather than params.yaml, so the chain's hundreds of structural entries never show
-up as parameter columns in ``dvc exp show``. ``python -m pipeline.chain`` rewrites it for
-the tasks in params.yaml and the target model's depth.
+(task, seed, target block), keyed ``<task>-s<seed>-L<k>``, naming its task, seed, layer and
+the previous stage's key (``<task>-L00`` is the embedding stage, shared by the seeds).
+dvc.yaml loads the file through ``vars`` rather than params.yaml, so the chain's hundreds of
+structural entries never show up as parameter columns in ``dvc exp show``. ``python -m pipeline.chain`` rewrites it for
+the tasks and seeds in params.yaml and the target model's depth.
 """
 
 from __future__ import annotations
@@ -14,53 +14,95 @@ import argparse
 import json
 import re
 from pathlib import Path
+from typing import NamedTuple
 
 import yaml
 
 from pipeline.errors import PipelineError
+from pipeline.params import seeds
 
-KEY = re.compile(r"^(?P<task>[A-Za-z0-9_]+)-L(?P<layer>\d+)$")
-
-
-def key(task: str, layer: int, n_layers: int) -> str:
-    return f"{task}-L{layer:02d}"
+KEY = re.compile(r"^(?P<task>[A-Za-z0-9_]+)(?:-s(?P<seed>\d+))?-L(?P<layer>\d+)$")
 
 
-def build_chain(tasks: list[str], n_layers: int) -> dict[str, dict]:
+class ChainKey(NamedTuple):
+    task: str
+    seed: int | None  # None only for layer 0, the embedding, which no seed changes
+    layer: int
+
+
+def key(task: str, layer: int, seed: int | None = None) -> str:
+    """``mmlu-s0-L03`` for block 3 of seed 0's chain; ``mmlu-L00`` for the shared embedding."""
+    if layer == 0:
+        return f"{task}-L00"
+    if seed is None:
+        raise PipelineError(f"chain block {layer} of {task} needs a seed", "pass the run's seed")
+    return f"{task}-s{seed}-L{layer:02d}"
+
+
+def stage_subdir(stage_key: str) -> str:
+    """Output directory of a chain stage under artifacts/<task>/frontier/: ``s0/mmlu-s0-L03``
+    for a block (one directory per seed), ``mmlu-L00`` for the shared embedding."""
+    seed = parse_key(stage_key).seed
+    return stage_key if seed is None else f"s{seed}/{stage_key}"
+
+
+def build_chain(tasks: list[str], n_layers: int, seeds: list[int]) -> dict[str, dict]:
+    """One entry per (task, seed, block); every seed's chain starts from the task's embedding."""
     chain = {}
     for task in tasks:
-        for k in range(1, n_layers + 1):
-            chain[key(task, k, n_layers)] = {"task": task, "layer": k, "prev": key(task, k - 1, n_layers)}
+        for seed in seeds:
+            for k in range(1, n_layers + 1):
+                this, prev = key(task, k, seed), key(task, k - 1, seed)
+                chain[this] = {"task": task, "seed": seed, "layer": k, "prev": prev,
+                               "dir": stage_subdir(this), "prev_dir": stage_subdir(prev)}
     return chain
 
 
-def parse_key(stage_key: str) -> tuple[str, int]:
+def parse_key(stage_key: str) -> ChainKey:
     m = KEY.match(stage_key)
-    if not m:
-        raise PipelineError(f"{stage_key!r} is not a chain key like 'mmlu-L03'", "regenerate with `python -m pipeline.chain`")
-    return m["task"], int(m["layer"])
+    if not m or (m["seed"] is None) != (int(m["layer"]) == 0):
+        raise PipelineError(f"{stage_key!r} is not a chain key like 'mmlu-s0-L03' (or 'mmlu-L00')",
+                            "regenerate with `python -m pipeline.chain`")
+    return ChainKey(m["task"], None if m["seed"] is None else int(m["seed"]), int(m["layer"]))
 
 
-def check_chain(chain: dict, tasks: list[str], n_layers: int | None = None) -> None:
-    """Every task has blocks 1..L in order, each entry pointing at the previous one."""
+def chain_keys(chain: dict, task: str, seed: int) -> list[str]:
+    """Keys of one (task, seed) chain, shallow to deep."""
+    keys = [k for k in chain if parse_key(k)[:2] == (task, seed)]
+    return sorted(keys, key=lambda k: parse_key(k).layer)
+
+
+def check_chain(chain: dict, tasks: list[str], seeds: list[int], n_layers: int | None = None) -> None:
+    """Every (task, seed) has blocks 1..L in order, each entry pointing at the previous one."""
     if not isinstance(chain, dict) or not chain:
-        raise PipelineError("params.yaml has no chain", "run `python -m pipeline.chain`")
-    fix = "run `python -m pipeline.chain` to rewrite the chain for this model pair and task list"
-    by_task: dict[str, list[int]] = {}
+        raise PipelineError("chain.yaml has no chain", "run `python -m pipeline.chain`")
+    fix = "run `python -m pipeline.chain` to rewrite the chain for this model pair, task list and seeds"
+    runs: dict[tuple[str, int], list[int]] = {}
     for k, entry in chain.items():
-        task, layer = parse_key(k)
-        if entry.get("task") != task or int(entry.get("layer", -1)) != layer:
-            raise PipelineError(f"chain entry {k} says task={entry.get('task')}, layer={entry.get('layer')}", fix)
-        if parse_key(str(entry.get("prev", ""))) != (task, layer - 1):
-            raise PipelineError(f"chain entry {k} follows {entry.get('prev')!r}, expected {task}'s layer {layer - 1}",
+        task, seed, layer = parse_key(k)
+        if (entry.get("task"), entry.get("seed"), int(entry.get("layer", -1))) != (task, seed, layer):
+            raise PipelineError(f"chain entry {k} says task={entry.get('task')}, seed={entry.get('seed')}, "
+                                f"layer={entry.get('layer')}", fix)
+        if entry.get("dir") != stage_subdir(k) or entry.get("prev_dir") != stage_subdir(str(entry.get("prev"))):
+            raise PipelineError(f"chain entry {k} names directories {entry.get('dir')!r} / {entry.get('prev_dir')!r}", fix)
+        prev = parse_key(str(entry.get("prev", "")))
+        if (prev.task, prev.layer) != (task, layer - 1) or prev.seed not in (seed, None):
+            raise PipelineError(f"chain entry {k} follows {entry.get('prev')!r}, expected {key(task, layer - 1, seed)!r}",
                                 fix)
-        by_task.setdefault(task, []).append(layer)
-    if sorted(by_task) != sorted(tasks):
-        raise PipelineError(f"chain covers tasks {sorted(by_task)}, params.yaml lists {sorted(tasks)}", fix)
-    for task, layers in by_task.items():
+        runs.setdefault((task, seed), []).append(layer)
+    if sorted({t for t, _ in runs}) != sorted(tasks):
+        raise PipelineError(f"chain covers tasks {sorted({t for t, _ in runs})}, params.yaml lists {sorted(tasks)}", fix)
+    if sorted({s for _, s in runs}) != sorted(seeds):
+        raise PipelineError(f"chain covers seeds {sorted({s for _, s in runs})}, params.yaml lists seeds "
+                            f"{sorted(seeds)}", fix)
+    for (task, seed), layers in runs.items():
         want = list(range(1, (n_layers or max(layers)) + 1))
         if sorted(layers) != want:
-            raise PipelineError(f"chain for {task} has layers {sorted(layers)}, the target has blocks 1..{len(want)}", fix)
+            raise PipelineError(f"chain for {task} (seed {seed}) has layers {sorted(layers)}, "
+                                f"the target has blocks 1..{len(want)}", fix)
+    missing = {(t, s) for t in tasks for s in seeds} - set(runs)
+    if missing:
+        raise PipelineError(f"chain lacks the runs (task, seed) {sorted(missing)}", fix)
 
 
 def target_depth(target: str, models_dir: Path = Path("models/target")) -> int:
@@ -81,8 +123,8 @@ def target_depth(target: str, models_dir: Path = Path("models/target")) -> int:
 
 
 CHAIN = Path("chain.yaml")
-HEADER = ("# Written by `python -m pipeline.chain` for the tasks in params.yaml and the target's depth.\n"
-          "# One frontier stage per (task, target block); `prev` is the stage it starts from.\n")
+HEADER = ("# Written by `python -m pipeline.chain` for the tasks and seeds in params.yaml and the target's depth.\n"
+          "# One frontier stage per (task, seed, target block); `prev` is the stage it starts from.\n")
 
 
 def load_chain(path: Path = CHAIN) -> dict:
@@ -95,13 +137,13 @@ def rewrite(params_path: Path = Path("params.yaml"), n_layers: int | None = None
             chain_path: Path = CHAIN) -> dict:
     params = yaml.safe_load(params_path.read_text())
     n = n_layers or target_depth(str(params["models"]["target"]))
-    entries = build_chain(list(params.get("tasks") or []), n)
+    entries = build_chain(list(params.get("tasks") or []), n, seeds(params))
     chain_path.write_text(HEADER + yaml.safe_dump({"chain": entries}, sort_keys=False))
     return entries
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description="Rewrite chain.yaml for the tasks in params.yaml and the target.")
+    ap = argparse.ArgumentParser(description="Rewrite chain.yaml for the tasks and seeds in params.yaml and the target.")
     ap.add_argument("--params", default="params.yaml", type=Path)
     ap.add_argument("--chain", default=CHAIN, type=Path)
     ap.add_argument("--n-layers", type=int, help="target depth (default: read from the target model)")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pipeline.chain import stage_subdir
+
 MODELS = Path("models")
 TASKS = Path("data/tasks")
 ARTIFACTS = Path("artifacts")
@@ -44,17 +46,28 @@ def fisher_dir(task: str) -> Path:
     return ARTIFACTS / task / "fisher"
 
 
+def run_name(task: str, seed: int) -> str:
+    """One SemAlign run: a task and a training seed, e.g. ``mmlu-s0``."""
+    return f"{task}-s{seed}"
+
+
 def frontier_dir(task: str, key: str) -> Path:
-    """Stage ``key`` (e.g. ``mmlu-L03``) of the chain: block.safetensors, states.safetensors, log.json,
-    and the DVCLive loss log in LIVE/."""
-    return ARTIFACTS / task / "frontier" / key
+    """Stage ``key`` of the chain: block.safetensors, states.safetensors, log.json, and the DVCLive
+    loss log in LIVE/. A seed's blocks share a directory (``frontier/s0/mmlu-s0-L03``) that the
+    seed's export depends on, so adding a seed leaves the other seeds' exports cached; the
+    embedding (``frontier/mmlu-L00``) is shared."""
+    return ARTIFACTS / task / "frontier" / stage_subdir(key)
+
+
+def frontier_seed_dir(task: str, seed: int) -> Path:
+    return ARTIFACTS / task / "frontier" / f"s{seed}"
 
 
 LIVE = "live"  # DVCLive directory inside each frontier stage's output
 
 
-def export_dir(task: str) -> Path:
-    return ARTIFACTS / task / "model"
+def export_dir(task: str, seed: int) -> Path:
+    return ARTIFACTS / task / f"model-s{seed}"
 
 
 def baseline_dir(task: str, method: str, seed: int) -> Path:
@@ -62,19 +75,25 @@ def baseline_dir(task: str, method: str, seed: int) -> Path:
     return ARTIFACTS / task / "baselines" / f"{method}-s{seed}"
 
 
-def quality_metrics(task: str) -> Path:
-    return METRICS / "quality" / f"{task}.json"
+def cost_file(stage: str) -> Path:
+    """Cost record of a stage run named ``name@item`` (or ``name``): metrics/cost/name/item.json."""
+    name, _, item = stage.partition("@")
+    return METRICS / "cost" / name / f"{item or name}.json"
 
 
-def quality_plot(task: str) -> Path:
-    return PLOTS / "quality" / f"{task}.json"
+def quality_metrics(run: str) -> Path:
+    return METRICS / "quality" / f"{run}.json"
 
 
-def analysis_metrics(task: str) -> Path:
-    return METRICS / "analysis" / f"{task}.json"
+def quality_plot(run: str) -> Path:
+    return PLOTS / "quality" / f"{run}.json"
 
 
-def analysis_plot(kind: str, task: str, suffix: str = ".json") -> Path:
-    """One directory per kind of figure (cka_before, pairing, ...), one file per task in it:
-    dvc.yaml's top-level plots name directories, so they cover every task in params.yaml."""
-    return PLOTS / "analysis" / kind / f"{task}{suffix}"
+def analysis_metrics(run: str) -> Path:
+    return METRICS / "analysis" / f"{run}.json"
+
+
+def analysis_plot(kind: str, run: str, suffix: str = ".json") -> Path:
+    """One directory per kind of figure (cka_before, pairing, ...), one file per run in it:
+    dvc.yaml's top-level plots name directories, so they cover every task and seed."""
+    return PLOTS / "analysis" / kind / f"{run}{suffix}"

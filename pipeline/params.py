@@ -8,7 +8,6 @@ from typing import Any
 import yaml
 
 from pipeline.errors import PipelineError
-from pipeline.frontier import FrontierConfig
 
 PARAMS = Path("params.yaml")
 
@@ -36,7 +35,10 @@ def check_task(params: dict, task: str) -> None:
                             "add it to tasks and run `python -m pipeline.chain` to extend the chain")
 
 
-def frontier_config(params: dict) -> FrontierConfig:
+def frontier_config(params: dict, seed: int):
+    """The frontier block of params.yaml as a FrontierConfig, for the run with ``seed``."""
+    from pipeline.frontier import FrontierConfig  # torch: only where a stage trains
+
     f = dict(section(params, "frontier"))
     lora = f.pop("lora", {}) or {}
     known = set(FrontierConfig.__dataclass_fields__)
@@ -46,9 +48,37 @@ def frontier_config(params: dict) -> FrontierConfig:
     cfg = FrontierConfig(**f, lora_r=lora.get("r", 16), lora_alpha=lora.get("alpha", 16),
                          lora_dropout=lora.get("dropout", 0.05),
                          lora_targets=list(lora.get("targets", FrontierConfig().lora_targets)),
-                         seed=int(params.get("seed", 0)))
+                         seed=seed)
     cfg.validate()
     return cfg
+
+
+def seeds(params: dict) -> list[int]:
+    """The training seeds every method runs with (params.yaml ``seeds``)."""
+    values = params.get("seeds", [0])
+    if not isinstance(values, list) or not values or not all(isinstance(v, int) and v >= 0 for v in values) \
+            or len(set(values)) != len(values):
+        raise PipelineError(f"seeds must be a non-empty list of distinct integers >= 0, got {values!r}",
+                            "write e.g. `seeds: [0, 1, 2]` in params.yaml")
+    return values
+
+
+def check_seed(params: dict, seed: int) -> None:
+    listed = seeds(params)
+    if seed not in listed:
+        raise PipelineError(f"seed {seed} is not in params.yaml's seeds {listed}",
+                            "add it to seeds and run `python -m pipeline.chain` to extend the chain")
+
+
+def task_and_seed(argv: list[str]) -> tuple[str, int]:
+    """``TASK --seed N`` from a stage's command line (the seed defaults to 0)."""
+    import argparse
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("task")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    return args.task, args.seed
 
 
 def compute_dtype(params: dict) -> str:

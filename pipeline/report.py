@@ -7,6 +7,10 @@ up closest to the source"). Each benchmark cell keeps its n and 95% interval.
 Seeds: model keys ``<name>-s<k>`` (e.g. ``semalign-s1``, ``semalign-s2``) are runs of one
 method. Their row shows mean ± sample std over runs; the mean and the gap are computed per
 run first and then averaged, since a gap of averaged scores would hide run-to-run swings.
+
+Cost: each method stage leaves a record in ``metrics/cost/`` (see ``pipeline.runner``). A
+method's cost for one seed is the wall time summed over every stage its runs consist of, on
+all its tasks, and the highest peak memory among them; the table shows mean ± std over seeds.
 """
 
 from __future__ import annotations
@@ -53,6 +57,50 @@ def collect(metrics_dir: str | Path) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+# Methods that read the cached source extraction; its stages count towards their cost.
+SOURCE_READERS = frozenset({"semalign", "kd", "hidden_kd"})
+COST_FIELDS = ("stage", "method", "task", "seed", "wall_s", "peak_rss_mb")
+
+
+def collect_costs(cost_dir: str | Path) -> pd.DataFrame:
+    """One row per method stage run, from ``<dir>/<stage>/<item>.json``; empty if there are none."""
+    rows = []
+    for path in sorted(Path(cost_dir).glob("*/*.json")):
+        try:
+            record = json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise PipelineError(f"{path} is not valid JSON ({exc})", "re-run the stage that wrote it") from exc
+        rows.append({k: record.get(k) for k in COST_FIELDS})
+    return pd.DataFrame(rows, columns=list(COST_FIELDS))
+
+
+def method_costs(costs: pd.DataFrame) -> pd.DataFrame:
+    """Per (method, seed): total wall seconds and peak MB over the stages that run consists of.
+
+    Stages without a seed (extraction, attribution, Fisher statistics, ...) serve every seed
+    and count towards each; stages without a task (align) towards every task.
+    """
+    out = []
+    costs = costs.astype({"seed": "object", "task": "object"})
+    for method in sorted(set(costs["method"]) - {"extract"}):
+        own = costs[costs["method"] == method]
+        for seed in sorted({int(s) for s in own["seed"].dropna()}):
+            tasks = set(own.loc[own["seed"] == seed, "task"])
+            shared = own["seed"].isna() & (own["task"].isin(tasks) | own["task"].isna())
+            parts = [own[(own["seed"] == seed) | shared]]
+            if method in SOURCE_READERS:
+                parts.append(costs[(costs["method"] == "extract") & costs["task"].isin(tasks)])
+            rows = pd.concat(parts)
+            out.append({"method": method, "seed": seed, "wall_s": float(rows["wall_s"].sum()),
+                        "peak_rss_mb": float(rows["peak_rss_mb"].max()), "stages": len(rows)})
+    return pd.DataFrame(out, columns=["method", "seed", "wall_s", "peak_rss_mb", "stages"])
+
+
+def _seed_of(model_key: str) -> int | None:
+    m = _SEED.match(model_key)
+    return int(m.group("seed")) if m else None
+
+
 def _nanmean(values: Sequence[float]) -> float:
     vals = [v for v in values if not math.isnan(v)]
     return sum(vals) / len(vals) if vals else math.nan
@@ -79,8 +127,11 @@ def _order(groups: Sequence[str], source: str, preferred: Sequence[str]) -> list
     return first + pref + sorted(g for g in groups if g not in first and g not in pref)
 
 
-def table(long: pd.DataFrame, source: str, preferred: Sequence[str] = ()) -> pd.DataFrame:
-    """One row per method (seeds grouped): per benchmark mean, std, n, CI; mean; gap."""
+def table(long: pd.DataFrame, source: str, preferred: Sequence[str] = (),
+          costs: pd.DataFrame | None = None) -> pd.DataFrame:
+    """One row per method (seeds grouped): per benchmark mean, std, n, CI; mean; gap; and,
+    with ``costs`` (:func:`collect_costs`), wall minutes and peak GB per run."""
+    per_method = method_costs(costs) if costs is not None and len(costs) else None
     runs = per_run(long, source)
     benches = [b for b in BENCHMARKS if b in runs.columns]
     info = long.set_index(["model", "benchmark"])
@@ -107,8 +158,23 @@ def table(long: pd.DataFrame, source: str, preferred: Sequence[str] = ()) -> pd.
             vals = [runs.loc[m, col] for m in members if not math.isnan(runs.loc[m, col])]
             mean, std = mean_std(vals) if vals else (math.nan, math.nan)
             row.update({col: mean, f"{col}_std": std if len(vals) > 1 else math.nan})
+        row.update(_cost_columns(per_method, group, members))
         out.append(row)
     return pd.DataFrame(out)
+
+
+def _cost_columns(per_method: pd.DataFrame | None, group: str, members: list[str]) -> dict:
+    cols = {"wall_min": math.nan, "wall_min_std": math.nan, "peak_gb": math.nan, "peak_gb_std": math.nan}
+    if per_method is None:
+        return cols
+    seeds = {_seed_of(m) for m in members}
+    runs = per_method[(per_method["method"] == group) & per_method["seed"].isin(seeds)]
+    for col, src, scale in (("wall_min", "wall_s", 60.0), ("peak_gb", "peak_rss_mb", 1024.0)):
+        vals = [float(v) / scale for v in runs[src]]
+        if vals:
+            mean, std = mean_std(vals)
+            cols.update({col: mean, f"{col}_std": std if len(vals) > 1 else math.nan})
+    return cols
 
 
 def _cell(row: pd.Series, b: str) -> str:
@@ -131,11 +197,13 @@ def _plain(row: pd.Series, col: str) -> str:
 def markdown(tab: pd.DataFrame, source: str) -> str:
     """A Markdown table; cells "score [CI low, high] (n=…)" or "mean ± std (n=…×runs)"."""
     benches = [b for b in BENCHMARKS if b in tab.columns]
-    header = ["model"] + [f"{b} ({PRIMARY[b]})" for b in benches] + ["mean", f"gap to {source}"]
+    header = ["model"] + [f"{b} ({PRIMARY[b]})" for b in benches] + ["mean", f"gap to {source}",
+                                                                      "cost: wall (min)", "peak RSS (GB)"]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     for _, row in tab.iterrows():
         label = row["model"] + (f" ({int(row['runs'])} seeds)" if row["runs"] > 1 else "")
-        cells = [label] + [_cell(row, b) for b in benches] + [_plain(row, "mean"), _plain(row, "gap")]
+        cells = [label] + [_cell(row, b) for b in benches] + [_plain(row, "mean"), _plain(row, "gap"),
+                                                              _plain(row, "wall_min"), _plain(row, "peak_gb")]
         lines.append("| " + " | ".join(cells) + " |")
     notes = [
         "",
@@ -143,6 +211,11 @@ def markdown(tab: pd.DataFrame, source: str) -> str:
         "Several seeds (model keys `<name>-s<k>`): mean ± sample std over runs, n questions per run.",
         f"mean: unweighted mean of the benchmark columns; gap: mean absolute difference to `{source}` "
         "over the benchmarks both have (per run, then averaged).",
+        "cost: wall time of one run summed over the method's stages on all its tasks (Python start-up and "
+        "evaluation excluded), and the highest peak resident memory among those stages; mean ± std over seeds. "
+        "SemAlign counts align, extract, attribute, pair, fisher, embed, every frontier block and export; "
+        "KD and hidden-state KD count the source extraction they read; SFT, SEEKING and LaTen their own stage "
+        "(SEEKING and LaTen load the source themselves). – = no cost record (reference models).",
     ]
     if tab[benches].isna().any().any():
         notes.append("– = not evaluated; means and gaps then use the benchmarks available.")
@@ -150,15 +223,17 @@ def markdown(tab: pd.DataFrame, source: str) -> str:
 
 
 def summary_metrics(tab: pd.DataFrame) -> dict:
-    """``{"results": {model: {"mean", "gap_to_source", "runs"}}}`` for ``dvc exp show``.
+    """``{"results": {model: {"mean", "gap_to_source", "wall_min", "peak_gb", "runs"}}}`` for
+    ``dvc exp show``.
 
-    The per-benchmark numbers are already metrics of the evaluate stages; this adds the two
-    derived columns so experiments can be compared on the paper's headline quantity.
+    The per-benchmark numbers are already metrics of the evaluate stages; this adds the
+    derived columns so experiments can be compared on the paper's headline quantity and cost.
     """
     out = {}
     for _, row in tab.iterrows():
         entry = {}
-        for col, name in (("mean", "mean"), ("gap", "gap_to_source")):
+        for col, name in (("mean", "mean"), ("gap", "gap_to_source"), ("wall_min", "wall_min"),
+                          ("peak_gb", "peak_gb")):
             if not (isinstance(row[col], float) and math.isnan(row[col])):
                 entry[name] = round(float(row[col]), 4)
                 std = row[f"{col}_std"]

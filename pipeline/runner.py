@@ -1,13 +1,30 @@
-"""How stage scripts run: clean user errors, and a closing line with wall time and peak memory."""
+"""How stage scripts run: clean user errors, a closing line with wall time and peak memory,
+and, for the stages a transfer method consists of, a cost record the results table sums.
+
+Cost records live in ``metrics/cost/<stage>/<item>.json`` (see ``layout.cost_file``), outside
+the stage's artifact, so a re-run that reproduces an artifact bit for bit does not change the
+hash downstream stages depend on. Wall time is the stage's work (after Python start-up and
+imports, as the baselines' own cost.json); peak memory is the process high-water mark.
+"""
 
 from __future__ import annotations
 
 import resource
 import sys
 import time
+from dataclasses import dataclass
 from typing import Callable
 
 from pipeline.errors import PipelineError
+
+
+@dataclass(frozen=True)
+class CostTag:
+    """Which method a stage belongs to, for the cost columns of the results table."""
+
+    method: str  # "semalign", a baseline's name, or "extract" (the source pass several methods read)
+    task: str | None = None  # None: shared by every task (align)
+    seed: int | None = None  # None: shared by every seed (extraction, attribution, pairing, ...)
 
 
 def peak_rss_mb() -> float:
@@ -15,7 +32,7 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def guarded(name: str, main: Callable[[], object]) -> int:
+def guarded(name: str, main: Callable[[], object], cost: CostTag | None = None) -> int:
     """Run ``main``; a user error prints its problem and fix and gives exit status 2."""
     start = time.perf_counter()
     try:
@@ -23,11 +40,22 @@ def guarded(name: str, main: Callable[[], object]) -> int:
     except PipelineError as exc:
         print(f"[{name}] error: {exc}", file=sys.stderr)
         return 2
-    print(f"[{name}] done in {time.perf_counter() - start:.1f} s, peak RSS {peak_rss_mb():.0f} MB", file=sys.stderr)
+    wall, peak = time.perf_counter() - start, peak_rss_mb()
+    if cost is not None:
+        write_cost(name, cost, wall, peak)
+    print(f"[{name}] done in {wall:.1f} s, peak RSS {peak:.0f} MB", file=sys.stderr)
     return 0
 
 
-def run_stage(name: str, main: Callable[[], object]) -> None:
-    status = guarded(name, main)
+def write_cost(name: str, tag: CostTag, wall_s: float, peak_mb: float) -> None:
+    from pipeline.artifacts import write_json
+    from pipeline.layout import cost_file
+
+    write_json(cost_file(name), {"stage": name, "method": tag.method, "task": tag.task, "seed": tag.seed,
+                                 "wall_s": round(wall_s, 3), "peak_rss_mb": round(peak_mb, 1)})
+
+
+def run_stage(name: str, main: Callable[[], object], cost: CostTag | None = None) -> None:
+    status = guarded(name, main, cost)
     if status:
         sys.exit(status)

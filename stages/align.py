@@ -5,7 +5,7 @@ from pipeline.alignment import alignment_map
 from pipeline.artifacts import atomic_path, save_tensors, write_json
 from pipeline.loading import check_same_vocab, load_lm_head, load_tokenizer
 from pipeline.params import load_params, section
-from pipeline.runner import run_stage
+from pipeline.runner import CostTag, run_stage
 
 
 def main() -> None:
@@ -22,4 +22,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    run_stage("align", main)
+    run_stage("align", main, CostTag("semalign"))

@@ -1,4 +1,4 @@
-"""Stage `analysis@TASK`: the paper's analysis figures for one task.
+"""Stage `analysis@TASK-SEED`: the paper's analysis figures for one run (task, seed).
 
 - layer-by-layer debiased linear CKA of source vs target hidden states on the held-out
   validation tokens, for the untouched target and for the transferred model;
@@ -6,7 +6,7 @@
   loss curves (from their DVCLive logs), gathered into one file per task so that the
   top-level `plots:` of dvc.yaml can name them without knowing the task list.
 
-Writes plots/analysis/KIND/TASK.{json,png} and metrics/analysis/TASK.json.
+Writes plots/analysis/KIND/TASK-sSEED.{json,png} and metrics/analysis/TASK-sSEED.json.
 """
 
 import sys
@@ -23,7 +23,7 @@ from pipeline.figures import (attribution_records, cka_records, loss_records, pa
                               save_heatmaps)
 from pipeline.loading import load_model
 from pipeline.losslog import read_losses
-from pipeline.params import check_task, load_params, section
+from pipeline.params import check_seed, check_task, load_params, section, task_and_seed
 from pipeline.quality import target_states
 from pipeline.runner import run_stage
 
@@ -37,15 +37,17 @@ def position_subset(n: int, limit: int) -> torch.Tensor:
     return torch.linspace(0, n - 1, limit).round().long().unique()
 
 
-def loss_curves(task: str) -> dict[str, list[float]]:
-    keys = sorted((k for k, e in chain.load_chain().items() if e.get("task") == task), key=lambda k: chain.parse_key(k)[1])
+def loss_curves(task: str, seed: int) -> dict[str, list[float]]:
+    keys = chain.chain_keys(chain.load_chain(), task, seed)
     return {k: read_losses(layout.frontier_dir(task, k) / layout.LIVE) for k in keys}
 
 
 def main() -> None:
-    task = sys.argv[1]
+    task, seed = task_and_seed(sys.argv[1:])
     params = load_params()
     check_task(params, task)
+    check_seed(params, seed)
+    run = layout.run_name(task, seed)
     cfg = section(params, "analysis")
     dtype = str(section(params, "models").get("dtype", "bfloat16"))
     val = layout.source_dir(task) / "validation"
@@ -65,7 +67,7 @@ def main() -> None:
         source.append(prepare(hidden[rows]))
 
     matrices = {}
-    for name, model_dir in (("before", layout.model_dir("target")), ("after", layout.export_dir(task))):
+    for name, model_dir in (("before", layout.model_dir("target")), ("after", layout.export_dir(task, seed))):
         adapter = ModelAdapter(load_model(str(model_dir), dtype))
         states = target_states(adapter, enc, int(cfg["batch_size"]), progress=False)
         matrices[name] = cka_matrix(source, (h[rows] for h in states))
@@ -73,18 +75,18 @@ def main() -> None:
 
     pairs = [int(p) for p in pairing["pairs"]]
     for name, matrix in matrices.items():
-        write_json(layout.analysis_plot(f"cka_{name}", task), cka_records(matrix))
-    write_json(layout.analysis_plot("attribution", task), attribution_records(scores))
-    write_json(layout.analysis_plot("pairing", task), pairing_records(pairing))
-    write_json(layout.analysis_plot("frontier_loss", task), loss_records(loss_curves(task)))
-    save_heatmaps(layout.analysis_plot("cka_heatmap", task, ".png"),
+        write_json(layout.analysis_plot(f"cka_{name}", run), cka_records(matrix))
+    write_json(layout.analysis_plot("attribution", run), attribution_records(scores))
+    write_json(layout.analysis_plot("pairing", run), pairing_records(pairing))
+    write_json(layout.analysis_plot("frontier_loss", run), loss_records(loss_curves(task, seed)))
+    save_heatmaps(layout.analysis_plot("cka_heatmap", run, ".png"),
                   {"untouched target": matrices["before"], "after transfer": matrices["after"]}, pairs,
                   f"{task}: linear CKA, source vs target layers ({len(rows)} positions)")
     metrics = {"cka_paired_before": paired_cka(matrices["before"], pairs),
                "cka_paired_after": paired_cka(matrices["after"], pairs)}
-    write_json(layout.analysis_metrics(task), metrics)
-    print(f"{task}: " + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
+    write_json(layout.analysis_metrics(run), metrics)
+    print(f"{run}: " + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
 
 
 if __name__ == "__main__":
-    run_stage(f"analysis@{sys.argv[1]}", main)
+    run_stage(f"analysis@{layout.run_name(*task_and_seed(sys.argv[1:]))}", main)

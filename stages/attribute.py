@@ -9,7 +9,7 @@ from pipeline.attribution import critical_layers, layer_scores
 from pipeline.data import encode_split
 from pipeline.loading import load_model, load_tokenizer
 from pipeline.params import check_task, load_params, section
-from pipeline.runner import run_stage
+from pipeline.runner import CostTag, run_stage
 
 
 def main() -> None:
@@ -27,4 +27,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    run_stage(f"attribute@{sys.argv[1]}", main)
+    run_stage(f"attribute@{sys.argv[1]}", main, CostTag("semalign", sys.argv[1]))

@@ -13,7 +13,7 @@ import sys
 
 from pipeline.baselines import METHODS
 from pipeline.params import load_params
-from pipeline.runner import run_stage
+from pipeline.runner import CostTag, run_stage
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
@@ -35,4 +35,5 @@ def main(args: argparse.Namespace) -> None:
 
 if __name__ == "__main__":
     ARGS = parse(sys.argv[1:])
-    run_stage(f"baseline-{ARGS.method}@{ARGS.task}-{ARGS.seed}", lambda: main(ARGS))
+    run_stage(f"baseline-{ARGS.method}@{ARGS.task}-s{ARGS.seed}", lambda: main(ARGS),
+              CostTag(ARGS.method, ARGS.task, ARGS.seed))

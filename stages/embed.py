@@ -8,7 +8,7 @@ from pipeline.artifacts import atomic_path, load_tensors, save_tensors
 from pipeline.frontier import embed_states
 from pipeline.loading import load_model, torch_dtype
 from pipeline.params import check_task, compute_dtype, load_params, storage_dtype
-from pipeline.runner import run_stage
+from pipeline.runner import CostTag, run_stage
 
 
 def main() -> None:
@@ -17,10 +17,10 @@ def main() -> None:
     check_task(params, task)
     target = ModelAdapter(load_model(str(layout.model_dir("target")), compute_dtype(params)))
     tokens = load_tensors(layout.source_dir(task) / "transfer" / "tokens.safetensors", "the extract stage")
-    with atomic_path(layout.frontier_dir(task, chain.key(task, 0, target.n_layers)), is_dir=True) as tmp:
+    with atomic_path(layout.frontier_dir(task, chain.key(task, 0)), is_dir=True) as tmp:
         save_tensors(tmp / "states.safetensors", {"hidden": embed_states(target, tokens["input_ids"]).to(torch_dtype(storage_dtype(params))),
                                                   **tokens})
 
 
 if __name__ == "__main__":
-    run_stage(f"embed@{sys.argv[1]}", main)
+    run_stage(f"embed@{sys.argv[1]}", main, CostTag("semalign", sys.argv[1]))

@@ -1,4 +1,5 @@
-"""Stage `export@TASK`: the transferred target = original target + every trained block."""
+"""Stage `export@TASK-SEED`: the transferred target = original target + every trained block of
+that seed's chain, as a Hugging Face directory."""
 
 import sys
 
@@ -7,22 +8,25 @@ from pipeline.adapter import ModelAdapter
 from pipeline.artifacts import load_tensors
 from pipeline.export import export_model
 from pipeline.loading import load_model, load_tokenizer, torch_dtype
-from pipeline.params import check_task, compute_dtype, load_params, storage_dtype
-from pipeline.runner import run_stage
+from pipeline.params import check_seed, check_task, compute_dtype, load_params, seeds, storage_dtype, task_and_seed
+from pipeline.runner import CostTag, run_stage
 
 
 def main() -> None:
-    task = sys.argv[1]
+    task, seed = task_and_seed(sys.argv[1:])
     params = load_params()
     check_task(params, task)
+    check_seed(params, seed)
     tgt = str(layout.model_dir("target"))
     target = ModelAdapter(load_model(tgt, compute_dtype(params)))
-    chain.check_chain(chain.load_chain(), list(params["tasks"]), target.n_layers)
-    blocks = {k: load_tensors(layout.frontier_dir(task, chain.key(task, k, target.n_layers)) / "block.safetensors",
-                              f"frontier@{chain.key(task, k, target.n_layers)}")
+    chain.check_chain(chain.load_chain(), list(params["tasks"]), seeds(params), target.n_layers)
+    blocks = {k: load_tensors(layout.frontier_dir(task, chain.key(task, k, seed)) / "block.safetensors",
+                              f"frontier@{chain.key(task, k, seed)}")
               for k in range(1, target.n_layers + 1)}
-    export_model(target, load_tokenizer(tgt), blocks, layout.export_dir(task), dtype=torch_dtype(storage_dtype(params)))
+    export_model(target, load_tokenizer(tgt), blocks, layout.export_dir(task, seed),
+                 dtype=torch_dtype(storage_dtype(params)))
 
 
 if __name__ == "__main__":
-    run_stage(f"export@{sys.argv[1]}", main)
+    TASK, SEED = task_and_seed(sys.argv[1:])
+    run_stage(f"export@{layout.run_name(TASK, SEED)}", main, CostTag("semalign", TASK, SEED))

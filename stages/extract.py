@@ -10,7 +10,7 @@ from pipeline.capture import capture
 from pipeline.data import encode_split
 from pipeline.loading import load_model, load_tokenizer, torch_dtype
 from pipeline.params import check_task, compute_dtype, load_params, section
-from pipeline.runner import run_stage
+from pipeline.runner import CostTag, run_stage
 
 SPLITS = ("transfer", "validation")
 
@@ -38,4 +38,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    run_stage(f"extract@{sys.argv[1]}", main)
+    run_stage(f"extract@{sys.argv[1]}", main, CostTag("extract", sys.argv[1]))

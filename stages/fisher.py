@@ -13,7 +13,7 @@ from pipeline.errors import PipelineError
 from pipeline.loading import load_model, torch_dtype
 from pipeline.pairing import validate_pairing
 from pipeline.params import check_task, compute_dtype, load_params, section
-from pipeline.runner import run_stage
+from pipeline.runner import CostTag, run_stage
 from pipeline.supervision import aligned_state, fisher_stats, source_loader
 
 
@@ -42,4 +42,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    run_stage(f"fisher@{sys.argv[1]}", main)
+    run_stage(f"fisher@{sys.argv[1]}", main, CostTag("semalign", sys.argv[1]))

@@ -1,4 +1,4 @@
-"""Stage `frontier@KEY` (e.g. `frontier@mmlu-L03`): train target block k alone.
+"""Stage `frontier@KEY` (e.g. `frontier@mmlu-s0-L03`): train target block k of seed 0's chain alone.
 
 Reads h^(k-1) from the previous chain stage, the layer's supervision from the fisher
 stage (and the source output logits for the last block), writes the trained block,
@@ -14,10 +14,10 @@ from pipeline.adapter import ModelAdapter
 from pipeline.artifacts import atomic_path, load_tensors, save_tensors, write_json
 from pipeline.errors import PipelineError
 from pipeline.frontier import LayerTargets, OutputTargets, States, train_block
-from pipeline.loading import load_model, torch_dtype
+from pipeline.loading import load_model_blocks, torch_dtype
 from pipeline.losslog import write_loss_log
 from pipeline.params import check_task, compute_dtype, frontier_config, load_params, storage_dtype
-from pipeline.runner import run_stage
+from pipeline.runner import CostTag, run_stage
 
 
 def layer_targets(task: str, k: int, need_prev: bool) -> LayerTargets:
@@ -33,10 +33,14 @@ def main() -> None:
     entry = chain.load_chain().get(stage_key)
     if entry is None:
         raise PipelineError(f"{stage_key} is not in chain.yaml", "run `python -m pipeline.chain`")
-    task, k = chain.parse_key(stage_key)
+    task, seed, k = chain.parse_key(stage_key)
     check_task(params, task)
-    cfg = frontier_config(params)
-    target = ModelAdapter(load_model(str(layout.model_dir("target")), compute_dtype(params)))
+    if seed is None:
+        raise PipelineError(f"{stage_key} is the embedding, not a frontier block", "run `dvc repro embed@{task}`")
+    cfg = frontier_config(params, seed)
+    # Block k alone (and k..L when every stage adds the output KL): the others are never run.
+    target = ModelAdapter(load_model_blocks(layout.model_dir("target"), compute_dtype(params), k,
+                                            None if cfg.kl_every_stage else k))
     target.check_layer(k, "frontier layer")
     prev = load_tensors(layout.frontier_dir(task, entry["prev"]) / "states.safetensors", f"frontier@{entry['prev']}")
     source_tokens = load_tensors(layout.source_dir(task) / "transfer" / "tokens.safetensors", "the extract stage")
@@ -57,7 +61,7 @@ def main() -> None:
         save_tensors(tmp / "states.safetensors", {"hidden": result.states_out.to(store), "input_ids": prev["input_ids"],
                                                   "attention_mask": prev["attention_mask"],
                                                   "supervised": prev["supervised"]})
-        write_json(tmp / "log.json", {"key": stage_key, "layer": k, "objective": "output_kl" if is_last else cfg.objective,
+        write_json(tmp / "log.json", {"key": stage_key, "seed": seed, "layer": k, "objective": "output_kl" if is_last else cfg.objective,
                                       "before": result.objective_before, "after": result.objective_after,
                                       "losses": result.losses})
         write_loss_log(tmp / layout.LIVE, result.losses,
@@ -66,4 +70,8 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    run_stage(f"frontier@{sys.argv[1]}", main)
+    try:
+        TAG = CostTag("semalign", *chain.parse_key(sys.argv[1])[:2])
+    except PipelineError:
+        TAG = None  # main() reports the malformed key
+    run_stage(f"frontier@{sys.argv[1]}", main, TAG)

@@ -7,7 +7,7 @@ from pipeline import layout
 from pipeline.artifacts import read_json, write_json
 from pipeline.pairing import pair_layers
 from pipeline.params import check_task, load_params, section
-from pipeline.runner import run_stage
+from pipeline.runner import CostTag, run_stage
 
 
 def depth(role: str) -> int:
@@ -27,4 +27,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    run_stage(f"pair@{sys.argv[1]}", main)
+    run_stage(f"pair@{sys.argv[1]}", main, CostTag("semalign", sys.argv[1]))

@@ -1,4 +1,4 @@
-"""Stage `quality@TASK`: does the transferred target behave more like the source than the
+"""Stage `quality@TASK-SEED`: does the transferred target behave more like the source than the
 untouched target does? KL(source || target), top-1 agreement and per-layer aligned-logit
 agreement on the held-out validation split."""
 
@@ -11,16 +11,18 @@ from pipeline.adapter import ModelAdapter
 from pipeline.artifacts import load_metadata, load_tensors, read_json, write_json
 from pipeline.data import encoded_from_tensors
 from pipeline.loading import load_model
-from pipeline.params import check_task, compute_dtype, load_params, section
+from pipeline.params import check_seed, check_task, compute_dtype, load_params, section, task_and_seed
 from pipeline.quality import layer_agreement, output_agreement, target_states
 from pipeline.runner import run_stage
 from pipeline.supervision import aligned_logits_chunks, aligned_state, source_loader
 
 
 def main() -> None:
-    task = sys.argv[1]
+    task, seed = task_and_seed(sys.argv[1:])
     params = load_params()
     check_task(params, task)
+    check_seed(params, seed)
+    run = layout.run_name(task, seed)
     batch = int(section(params, "quality")["batch_size"])
     dtype = compute_dtype(params)
     val = layout.source_dir(task) / "validation"
@@ -30,7 +32,7 @@ def main() -> None:
     src_out = load_tensors(val / "output_topk.safetensors", "the extract stage")
     pairing = read_json(layout.pairing_file(task), "the pair stage")
     amap = load_tensors(layout.alignment_dir() / "map.safetensors", "the align stage")["map"]
-    models = {"target": layout.model_dir("target"), "semalign": layout.export_dir(task)}
+    models = {"target": layout.model_dir("target"), "semalign": layout.export_dir(task, seed)}
     adapters = {name: ModelAdapter(load_model(str(d), dtype)) for name, d in models.items()}
     reference = adapters["target"]  # final norm and LM head are untouched by the transfer
     load = source_loader(val)
@@ -48,11 +50,11 @@ def main() -> None:
                         f"{name}_layer_agreement": sum(layers) / len(layers)})
         per_layer.append(layers)
     metrics["kl_reduction"] = metrics["target_kl"] - metrics["semalign_kl"]
-    write_json(layout.quality_metrics(task), metrics)
-    write_json(layout.quality_plot(task), [{"layer": k + 1, "target": t, "semalign": s}
+    write_json(layout.quality_metrics(run), metrics)
+    write_json(layout.quality_plot(run), [{"layer": k + 1, "target": t, "semalign": s}
                                            for k, (t, s) in enumerate(zip(*per_layer))])
-    print(f"{task}: " + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
+    print(f"{run}: " + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
 
 
 if __name__ == "__main__":
-    run_stage(f"quality@{sys.argv[1]}", main)
+    run_stage(f"quality@{layout.run_name(*task_and_seed(sys.argv[1:]))}", main)

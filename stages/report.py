@@ -4,7 +4,8 @@
 
 Reads ``metrics/eval/<model>/<benchmark>.json`` and writes ``metrics/results.md`` and
 ``metrics/results.csv`` (rows: models, seeds grouped; columns: the four benchmarks, their
-mean and the mean absolute gap to the source), ``metrics/results.json`` (mean and gap per
+mean, the mean absolute gap to the source, and each method's measured cost from
+``metrics/cost``), ``metrics/results.json`` (mean and gap per
 model, for ``dvc exp show``), ``plots/results.csv`` (long format for
 ``dvc plots``) and ``plots/results.png``. The source key and the row order come from the
 ``evaluation`` block of params.yaml (``source_key``, ``models``) unless given here.
@@ -22,7 +23,8 @@ import yaml  # noqa: E402
 
 from pipeline.artifacts import atomic_path, write_json  # noqa: E402
 from pipeline.runner import guarded  # noqa: E402
-from pipeline.report import bar_chart, collect, markdown, plot_rows, summary_metrics, table  # noqa: E402
+from pipeline.report import (bar_chart, collect, collect_costs, markdown, plot_rows,  # noqa: E402
+                             summary_metrics, table)
 
 
 def run(args: argparse.Namespace) -> None:
@@ -30,7 +32,7 @@ def run(args: argparse.Namespace) -> None:
     if Path(args.params).is_file():
         block = (yaml.safe_load(Path(args.params).read_text()) or {}).get("evaluation") or {}
     source = args.source or block.get("source_key", "source")
-    tab = table(collect(args.metrics_dir), source, block.get("models") or [])
+    tab = table(collect(args.metrics_dir), source, block.get("models") or [], collect_costs(args.cost_dir))
     with atomic_path(args.out_md) as tmp:
         tmp.write_text(markdown(tab, source))
     with atomic_path(args.out_csv) as tmp:
@@ -47,6 +49,7 @@ def run(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--metrics-dir", default="metrics/eval")
+    ap.add_argument("--cost-dir", default="metrics/cost", help="the method stages' cost records")
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--source", help="model key the gap is measured to (default: evaluation.source_key)")
     ap.add_argument("--out-md", default="metrics/results.md")

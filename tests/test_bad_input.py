@@ -12,7 +12,8 @@ import yaml
 
 from pipeline.adapter import ModelAdapter
 from pipeline.artifacts import atomic_path, load_tensors, read_json, save_tensors
-from pipeline.chain import build_chain, check_chain, load_chain, target_depth
+from pipeline.chain import build_chain, check_chain, load_chain, parse_key, target_depth
+from pipeline.params import seeds
 from pipeline.errors import PipelineError
 from pipeline.frontier import FrontierConfig, OutputTargets, States, train_block
 from pipeline.loading import check_same_vocab, load_model, load_tokenizer
@@ -109,20 +110,38 @@ def test_stage_with_corrupt_input_exits_cleanly_and_writes_nothing(tmp_path):
 
 def test_committed_chain_is_consistent_with_params_and_target_depth():
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    check_chain(load_chain(ROOT / "chain.yaml"), params["tasks"], target_depth(str(params["models"]["target"])))
+    check_chain(load_chain(ROOT / "chain.yaml"), params["tasks"], params["seeds"],
+                target_depth(str(params["models"]["target"])))
 
 
 def test_chain_checker_catches_broken_chains():
-    chain = build_chain(["a", "b"], 3)
-    check_chain(chain, ["a", "b"], 3)
+    chain = build_chain(["a", "b"], 3, [0, 2])
+    assert chain["a-s2-L01"]["prev"] == "a-L00" and chain["a-s2-L02"]["prev"] == "a-s2-L01"
+    check_chain(chain, ["a", "b"], [0, 2], 3)
     with pytest.raises(PipelineError, match="layers .*1..4"):
-        check_chain(chain, ["a", "b"], 4)
+        check_chain(chain, ["a", "b"], [0, 2], 4)
     broken = dict(chain)
-    broken["a-L03"] = {"task": "a", "layer": 3, "prev": "a-L01"}
-    with pytest.raises(PipelineError, match="a-L03 follows 'a-L01'"):
-        check_chain(broken, ["a", "b"], 3)
+    broken["a-s0-L03"] = {"task": "a", "seed": 0, "layer": 3, "prev": "a-s0-L01", "dir": "s0/a-s0-L03",
+                          "prev_dir": "s0/a-s0-L01"}
+    with pytest.raises(PipelineError, match="a-s0-L03 follows 'a-s0-L01'"):
+        check_chain(broken, ["a", "b"], [0, 2], 3)
+    crossed = dict(chain)
+    crossed["a-s0-L03"] = {"task": "a", "seed": 0, "layer": 3, "prev": "a-s2-L02",  # another seed's chain
+                           "dir": "s0/a-s0-L03", "prev_dir": "s2/a-s2-L02"}
+    with pytest.raises(PipelineError, match="follows 'a-s2-L02'"):
+        check_chain(crossed, ["a", "b"], [0, 2], 3)
+    misplaced = dict(chain)
+    misplaced["a-s0-L03"] = dict(chain["a-s0-L03"], dir="a-s0-L03")  # outside its seed's directory
+    with pytest.raises(PipelineError, match="names directories"):
+        check_chain(misplaced, ["a", "b"], [0, 2], 3)
     with pytest.raises(PipelineError, match="covers tasks"):
-        check_chain(chain, ["a", "b", "c"], 3)
+        check_chain(chain, ["a", "b", "c"], [0, 2], 3)
+    with pytest.raises(PipelineError, match="covers seeds"):
+        check_chain(chain, ["a", "b"], [0, 1, 2], 3)
+    with pytest.raises(PipelineError, match="not a chain key"):
+        parse_key("a-L03")  # blocks >= 1 belong to a seed's chain
+    with pytest.raises(PipelineError, match="seeds must be"):
+        seeds({"seeds": [0, 0]})
 
 
 def test_atomic_outputs_get_ordinary_permissions(tmp_path):

@@ -21,12 +21,12 @@ def set_param(root, dotted: str, value) -> None:
 def test_pipeline_runs_then_caches_and_reruns_only_what_changed(reproduced_copy):
     root, env, first = reproduced_copy
     assert {"align", "extract@toy", "attribute@toy", "pair@toy", "fisher@toy", "embed@toy",
-            "frontier@toy-L01", "frontier@toy-L02", "export@toy", "quality@toy",
-            "evaluate-reference@source-toy", "evaluate-reference@target-toy", "evaluate-semalign@toy",
+            "frontier@toy-s0-L01", "frontier@toy-s0-L02", "export@toy-0", "quality@toy-0",
+            "evaluate-reference@source-toy", "evaluate-reference@target-toy", "evaluate-semalign@toy-0",
             "report"} <= first
     results = (root / "metrics/results.md").read_text()
     assert "semalign" in results and "source" in results
-    quality = json.loads((root / "metrics/quality/toy.json").read_text())
+    quality = json.loads((root / "metrics/quality/toy-s0.json").read_text())
     assert {"target_kl", "semalign_kl", "target_top1", "semalign_top1"} <= set(quality)
 
     assert repro(root, env) == set()
@@ -34,12 +34,12 @@ def test_pipeline_runs_then_caches_and_reruns_only_what_changed(reproduced_copy)
 
     set_param(root, "frontier.steps", 2)
     ran = repro(root, env)
-    chain_and_after = {"frontier@toy-L01", "frontier@toy-L02", "export@toy", "quality@toy", "analysis@toy",
-                       "evaluate-semalign@toy"}
+    chain_and_after = {"frontier@toy-s0-L01", "frontier@toy-s0-L02", "export@toy-0", "quality@toy-0", "analysis@toy-0",
+                       "evaluate-semalign@toy-0"}
     assert chain_and_after <= ran <= chain_and_after | {"report"}  # report only if a score moved
 
     set_param(root, "quality.batch_size", 2)
-    assert repro(root, env) == {"quality@toy"}
+    assert repro(root, env) == {"quality@toy-0"}
 
     set_param(root, "pairing.strategy", "floor")
     ran = repro(root, env)
@@ -51,4 +51,42 @@ def test_pipeline_runs_then_caches_and_reruns_only_what_changed(reproduced_copy)
     params["tasks_config"]["toy_copy"] = dict(params["tasks_config"]["toy"])
     write_params(root, params, n_layers=2)
     ran = repro(root, env)
-    assert ran and all("toy_copy" in stage for stage in ran), ran
+    # the report re-runs too: the SemAlign cost now sums over both tasks
+    assert ran and all("toy_copy" in stage for stage in ran - {"report"}), ran
+
+
+def test_comparison_runs_every_seed_of_every_method_and_reports_mean_std_and_cost(reproduced_copy):
+    """What the README's comparison command does, on the tiny pair: SemAlign and two
+    baselines with two seeds each; adding a seed leaves the existing seed's stages cached."""
+    import math
+
+    import pandas as pd
+    from safetensors.torch import load_file
+
+    root, env, _ = reproduced_copy
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["seeds"] = [0, 1]
+    params["baselines"]["enabled"].update(sft=["toy"], kd=["toy"])
+    for method in ("sft", "kd"):
+        params["baselines"][method]["train"].update(max_steps=2, batch_size=3)
+    write_params(root, params, n_layers=2)
+    ran = repro(root, env)
+    assert {"frontier@toy-s1-L01", "frontier@toy-s1-L02", "export@toy-1", "evaluate-semalign@toy-1",
+            "baseline-sft@toy-0", "baseline-sft@toy-1", "baseline-kd@toy-0", "baseline-kd@toy-1",
+            "evaluate-sft@toy-0", "evaluate-kd@toy-1", "report"} <= ran, ran
+    assert not {"frontier@toy-s0-L01", "frontier@toy-s0-L02", "export@toy-0", "evaluate-semalign@toy-0"} & ran
+
+    blocks = [load_file(root / f"artifacts/toy/frontier/s{s}/toy-s{s}-L01/block.safetensors") for s in (0, 1)]
+    assert any(not blocks[0][k].equal(blocks[1][k]) for k in blocks[0])  # the seed changes the training
+
+    tab = pd.read_csv(root / "metrics/results.csv").set_index("model")
+    for method in ("semalign", "sft", "kd"):
+        assert tab.loc[method, "runs"] == 2
+        assert math.isfinite(tab.loc[method, "toy_std"])
+        assert tab.loc[method, "wall_min"] > 0 and tab.loc[method, "peak_gb"] > 0
+        assert math.isfinite(tab.loc[method, "wall_min_std"])
+    assert math.isnan(tab.loc["source", "wall_min"]) and tab.loc["source", "runs"] == 1
+    md = (root / "metrics/results.md").read_text()
+    assert "semalign (2 seeds)" in md and "sft (2 seeds)" in md and "cost: wall (min)" in md
+    costs = {p.stem for p in (root / "metrics/cost/frontier").glob("*.json")}
+    assert costs == {"toy-s0-L01", "toy-s0-L02", "toy-s1-L01", "toy-s1-L02"}

@@ -15,9 +15,9 @@ from dvc_project import ROOT, RUNNING, sh
 QUALITY = {"target_kl", "semalign_kl", "target_top1", "semalign_top1", "kl_reduction"}
 ANALYSIS = {"cka_paired_before", "cka_paired_after"}
 KEY_PARAMS = {"frontier.objective", "pairing.strategy", "fisher.top_k", "fisher.tau", "frontier.steps"}
-PLOTS = {"plots/quality/toy.json", "plots/analysis/cka_before/toy.json", "plots/analysis/cka_after/toy.json",
-         "plots/analysis/cka_heatmap/toy.png", "plots/analysis/attribution/toy.json",
-         "plots/analysis/pairing/toy.json", "plots/analysis/frontier_loss/toy.json",
+PLOTS = {"plots/quality/toy-s0.json", "plots/analysis/cka_before/toy-s0.json", "plots/analysis/cka_after/toy-s0.json",
+         "plots/analysis/cka_heatmap/toy-s0.png", "plots/analysis/attribution/toy-s0.json",
+         "plots/analysis/pairing/toy-s0.json", "plots/analysis/frontier_loss/toy-s0.json",
          "plots/results.csv", "plots/results.png"}
 
 
@@ -37,11 +37,11 @@ def objective_of(row: dict) -> str:
 
 def test_frontier_logs_and_analysis_figures_render(reproduced_project, tmp_path):
     root, env, ran = reproduced_project
-    assert "analysis@toy" in ran
+    assert "analysis@toy-0" in ran
     assert (root / "dvc.yaml").read_text() == (ROOT / "dvc.yaml").read_text()  # DVCLive left it alone
     steps = yaml.safe_load((root / "params.yaml").read_text())["frontier"]["steps"]
     curves = {}
-    for key in ("toy-L01", "toy-L02"):
+    for key in ("toy-s0-L01", "toy-s0-L02"):
         stage_dir = root / "artifacts/toy/frontier" / key
         with open(stage_dir / "live/plots/metrics/loss.tsv", newline="") as f:
             rows = list(csv.DictReader(f, delimiter="\t"))
@@ -49,17 +49,17 @@ def test_frontier_logs_and_analysis_figures_render(reproduced_project, tmp_path)
         assert curves[key] == read(stage_dir, "log.json")["losses"] and len(rows) == steps
 
     pairing, scores = read(root, "artifacts/toy/pairing.json"), read(root, "artifacts/toy/attribution.json")["scores"]
-    assert [r["source_layer"] for r in read(root, "plots/analysis/pairing/toy.json")] == pairing["pairs"]
-    assert [r["score"] for r in read(root, "plots/analysis/attribution/toy.json")] == scores
-    losses = read(root, "plots/analysis/frontier_loss/toy.json")
+    assert [r["source_layer"] for r in read(root, "plots/analysis/pairing/toy-s0.json")] == pairing["pairs"]
+    assert [r["score"] for r in read(root, "plots/analysis/attribution/toy-s0.json")] == scores
+    losses = read(root, "plots/analysis/frontier_loss/toy-s0.json")
     assert {k: [r["loss"] for r in losses if r["layer"] == k] for k in curves} == curves
-    before, after = read(root, "plots/analysis/cka_before/toy.json"), read(root, "plots/analysis/cka_after/toy.json")
+    before, after = read(root, "plots/analysis/cka_before/toy-s0.json"), read(root, "plots/analysis/cka_after/toy-s0.json")
     cells = {(r["source_layer"], r["target_layer"]) for r in after}
     assert cells == {(s, t) for s in range(1, 4) for t in range(1, 3)} == {(r["source_layer"], r["target_layer"]) for r in before}
     assert all(math.isfinite(r["cka"]) and -0.5 < r["cka"] <= 1.0 + 1e-9 for r in before + after)
     assert [r["cka"] for r in before] != [r["cka"] for r in after]  # the transfer changed the target
-    assert set(read(root, "metrics/analysis/toy.json")) == ANALYSIS
-    assert (root / "plots/analysis/cka_heatmap/toy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert set(read(root, "metrics/analysis/toy-s0.json")) == ANALYSIS
+    assert (root / "plots/analysis/cka_heatmap/toy-s0.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     shown = json.loads(sh(root, env, "dvc", "plots", "show", "--json", "-o", str(tmp_path / "json")))
     assert not shown.get("errors") and set(shown["data"]) == PLOTS
@@ -68,7 +68,7 @@ def test_frontier_logs_and_analysis_figures_render(reproduced_project, tmp_path)
             assert r["type"] == "image" or r["content"]["data"]["values"], plot_id
     sh(root, env, "dvc", "plots", "show", "-o", str(tmp_path / "html"))
     html = (tmp_path / "html" / "index.html").read_text()
-    assert "vegaEmbed" in html and "cka_heatmap_toy.png" in html and "linear CKA" in html
+    assert "vegaEmbed" in html and "cka_heatmap_toy-s0.png" in html and "linear CKA" in html
 
 
 def test_exp_show_has_every_metric_and_the_key_params_without_noise(reproduced_project):
@@ -105,5 +105,5 @@ def test_queued_objective_sweep(reproduced_project, tmp_path):
     assert RUNNING.findall(sh(root, env, "dvc", "queue", "logs", fisher)) == []
 
     diff = json.loads(sh(root, env, "dvc", "plots", "diff", *names, "--json", "-o", str(tmp_path / "diff")))
-    revs = {v["rev"] for r in diff["data"]["plots/analysis/cka_after/toy.json"] for v in r["content"]["data"]["values"]}
+    revs = {v["rev"] for r in diff["data"]["plots/analysis/cka_after/toy-s0.json"] for v in r["content"]["data"]["values"]}
     assert revs == set(names)

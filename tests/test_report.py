@@ -98,3 +98,43 @@ def test_report_stage_writes_markdown_csv_and_plots(paper_metrics, tmp_path):
     plots = pd.read_csv(out / "plots.csv")
     assert list(plots.columns[:4]) == ["label", "model", "benchmark", "score"] and len(plots) == 20
     assert (out / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def write_cost(root: Path, stage: str, item: str, method: str, task, seed, wall_s: float, peak_mb: float) -> None:
+    write_json(root / stage / f"{item}.json", {"stage": f"{stage}@{item}", "method": method, "task": task,
+                                               "seed": seed, "wall_s": wall_s, "peak_rss_mb": peak_mb})
+
+
+def test_cost_columns_sum_a_methods_stages_per_seed(tmp_path):
+    from pipeline.report import collect_costs, method_costs
+
+    costs = tmp_path / "cost"
+    write_cost(costs, "align", "align", "semalign", None, None, 60.0, 6000.0)
+    for task in ("mmlu", "gsm8k"):
+        write_cost(costs, "extract", task, "extract", task, None, 120.0, 11000.0)
+        write_cost(costs, "fisher", task, "semalign", task, None, 30.0, 4000.0)
+        for seed, wall in ((0, 10.0), (1, 20.0)):
+            write_cost(costs, "frontier", f"{task}-s{seed}-L01", "semalign", task, seed, wall, 3000.0)
+            write_cost(costs, "export", f"{task}-s{seed}", "semalign", task, seed, wall, 3500.0)
+    write_cost(costs, "baseline-sft", "mmlu-s0", "sft", "mmlu", 0, 300.0, 9000.0)
+    write_cost(costs, "baseline-kd", "mmlu-s0", "kd", "mmlu", 0, 100.0, 5000.0)
+    per = method_costs(collect_costs(costs)).set_index(["method", "seed"])
+    # align 60 + 2 x (extract 120 + fisher 30 + frontier + export)
+    assert per.loc[("semalign", 0), "wall_s"] == 60 + 2 * (120 + 30 + 10 + 10)
+    assert per.loc[("semalign", 1), "wall_s"] == 60 + 2 * (120 + 30 + 20 + 20)
+    assert per.loc[("semalign", 0), "peak_rss_mb"] == 11000.0
+    assert per.loc[("sft", 0), "wall_s"] == 300.0 and per.loc[("sft", 0), "peak_rss_mb"] == 9000.0
+    assert per.loc[("kd", 0), "wall_s"] == 100.0 + 120.0  # KD reads mmlu's cached extraction only
+    assert "extract" not in per.index.get_level_values("method")
+
+    metrics = tmp_path / "eval"
+    for model, scores in (("source", (50.0, 20.0, None, None)), ("semalign-s0", (48.0, 20.0, None, None)),
+                          ("semalign-s1", (46.0, 20.0, None, None)), ("sft-s0", (40.0, None, None, None))):
+        write_metrics(metrics, model, scores)
+    tab = table(collect(metrics), "source", costs=collect_costs(costs)).set_index("model")
+    assert math.isclose(tab.loc["semalign", "wall_min"], (400 + 440) / 2 / 60)
+    assert math.isclose(tab.loc["semalign", "wall_min_std"], math.sqrt(2 * (20 / 60) ** 2))
+    assert math.isclose(tab.loc["sft", "peak_gb"], 9000 / 1024) and math.isnan(tab.loc["sft", "wall_min_std"])
+    assert math.isnan(tab.loc["source", "wall_min"])
+    md = markdown(tab.reset_index(), "source")
+    assert "cost: wall (min)" in md and "| 7.00 ± 0.47 | 10.74 ± 0.00 |" in md

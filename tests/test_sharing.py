@@ -20,9 +20,9 @@ SERVER = Path(__file__).with_name("sftp_server.py")
 LAYER = "artifacts/toy/source/transfer/layer_03.safetensors"
 # one output of each kind a teammate should get back without recomputing
 RESTORED = ("models/target/config.json", "artifacts/toy/source/transfer/layer_02.safetensors",
-            "artifacts/toy/fisher/layer_01.safetensors", "artifacts/toy/frontier/toy-L01/block.safetensors",
-            "artifacts/toy/frontier/toy-L01/live/plots/metrics/loss.tsv", "artifacts/toy/model/config.json",
-            "metrics/quality/toy.json", "plots/analysis/cka_heatmap/toy.png")
+            "artifacts/toy/fisher/layer_01.safetensors", "artifacts/toy/frontier/toy-s0-L01/block.safetensors",
+            "artifacts/toy/frontier/toy-s0-L01/live/plots/metrics/loss.tsv", "artifacts/toy/model-s0/config.json",
+            "metrics/quality/toy-s0.json", "plots/analysis/cka_heatmap/toy-s0.png")
 
 
 @pytest.fixture
@@ -83,7 +83,7 @@ def test_push_clone_pull_one_layer_then_everything_without_recomputing(reproduce
     assert (clone / LAYER).read_bytes() == (root / LAYER).read_bytes()
     transfer = clone / "artifacts/toy/source/transfer"
     assert sorted(p.name for p in transfer.iterdir()) == ["layer_03.safetensors"]
-    assert not (clone / "artifacts/toy/model").exists()
+    assert not (clone / "artifacts/toy/model-s0").exists()
 
     sh(clone, env, "dvc", "pull")
     for rel in RESTORED:
