@@ -94,11 +94,11 @@ def _is_stub(fn: ast.FunctionDef | ast.AsyncFunctionDef) -> bool:
 
 
 def _defines(code: str, name: str) -> bool:
-    try:
-        tree = ast.parse(code)
-    except SyntaxError:
-        return False
-    return any(isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.name == name for n in tree.body)
+    """Whether ``code`` defines ``name`` at the top level (a block cut off by the token limit
+    counts if the definition starts before the cut)."""
+    parsed = _parse_prefix(code)
+    return parsed is not None and any(
+        isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.name == name for n in parsed[0].body)
 
 
 def _parse_prefix(code: str) -> tuple[ast.Module, list[str], bool] | None:
@@ -162,7 +162,10 @@ def extract_code(answer: str, prompt: str, entry_point: str) -> ExtractedCode:
 
 
 def _has_real_def(code: str, name: str) -> bool:
-    tree = ast.parse(code)
+    parsed = _parse_prefix(code)
+    if parsed is None:
+        return False
+    tree = parsed[0]
     return any(isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.name == name and not _is_stub(n)
                for n in tree.body)
 

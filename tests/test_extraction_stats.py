@@ -61,6 +61,15 @@ def test_code_completion_mode_appends_body_and_repairs_truncation():
     assert any("dropped" in n for n in code.notes)
 
 
+def test_answer_cut_by_the_token_limit_is_still_a_rewrite():
+    answer = "```python\nfrom typing import List\n\ndef f(xs):\n    total = sum(xs)\n    return total\n\n# and now some"
+    code = extract_code(answer + " tests\nassert f([", PROMPT, "f")
+    assert code.mode == "rewrite"
+    ns: dict = {}
+    exec(code.code, ns)
+    assert ns["f"]([1, 2]) == 3
+
+
 def test_unterminated_fence_and_language_filter():
     assert code_blocks("```bash\nls\n```\n```python\nx = 1\n") == ["x = 1\n"]
     assert code_blocks("```\ny = 2\n```") == ["y = 2\n"]
