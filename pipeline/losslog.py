@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import csv
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Mapping
 
@@ -67,6 +69,41 @@ def write_loss_log(live_dir: Path, losses: list[float], summary: Mapping[str, fl
         return "plain"
 
 
+class BackgroundLossLog:
+    """``write_loss_log`` in a helper process started early, so DVCLive's import (about two
+    seconds, most of it DVC) runs on the other core while the stage loads its model and trains.
+    A frontier stage is short and there are L of them per task: this is minutes per run.
+    """
+
+    def __init__(self) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-m", "pipeline.losslog"], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def write(self, live_dir: Path, losses: list[float], summary: Mapping[str, float]) -> str:
+        request = {"live_dir": str(Path(live_dir).resolve()), "losses": list(losses), "summary": dict(summary)}
+        out, err = self.proc.communicate(json.dumps(request), timeout=600)
+        if self.proc.returncode != 0:
+            raise PipelineError(f"the loss-log writer failed: {err.strip()[-800:]}",
+                                "run `python -m pipeline.losslog < /dev/null` to check that DVCLive imports")
+        return out.strip()
+
+    def close(self) -> None:
+        """End the helper if ``write`` was never reached (the stage failed first)."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def _serve() -> None:
+    import dvclive  # noqa: F401  (the point of the helper: import while the parent works)
+
+    text = sys.stdin.read()
+    if not text.strip():
+        return  # the parent ended without logging
+    request = json.loads(text)
+    print(write_loss_log(Path(request["live_dir"]), request["losses"], request["summary"]))
+
+
 def read_losses(live_dir: Path) -> list[float]:
     """The per-step losses of one log, in step order."""
     path = tsv_path(live_dir)
@@ -80,3 +117,7 @@ def read_losses(live_dir: Path) -> list[float]:
         raise PipelineError(f"loss log {path} has columns {sorted(rows[0])}, expected step and {METRIC}",
                             "re-run the frontier stage that writes it (`dvc repro --force`)")
     return [float(r[METRIC]) for r in sorted(rows, key=lambda r: int(r["step"]))]
+
+
+if __name__ == "__main__":
+    _serve()

@@ -15,7 +15,7 @@ from pipeline.artifacts import atomic_path, load_tensors, save_tensors, write_js
 from pipeline.errors import PipelineError
 from pipeline.frontier import LayerTargets, OutputTargets, States, train_block
 from pipeline.loading import load_model_blocks, torch_dtype
-from pipeline.losslog import write_loss_log
+from pipeline.losslog import BackgroundLossLog
 from pipeline.params import check_task, compute_dtype, frontier_config, load_params, storage_dtype
 from pipeline.runner import CostTag, run_stage
 
@@ -28,7 +28,14 @@ def layer_targets(task: str, k: int, need_prev: bool) -> LayerTargets:
 
 
 def main() -> None:
-    stage_key = sys.argv[1]
+    loss_log = BackgroundLossLog()  # imports DVCLive on the other core meanwhile
+    try:
+        train(sys.argv[1], loss_log)
+    finally:
+        loss_log.close()
+
+
+def train(stage_key: str, loss_log: BackgroundLossLog) -> None:
     params = load_params()
     entry = chain.load_chain().get(stage_key)
     if entry is None:
@@ -64,7 +71,7 @@ def main() -> None:
         write_json(tmp / "log.json", {"key": stage_key, "seed": seed, "layer": k, "objective": "output_kl" if is_last else cfg.objective,
                                       "before": result.objective_before, "after": result.objective_after,
                                       "losses": result.losses})
-        write_loss_log(tmp / layout.LIVE, result.losses,
+        loss_log.write(tmp / layout.LIVE, result.losses,
                        {"before": result.objective_before, "after": result.objective_after})
     print(f"{stage_key}: objective {result.objective_before:.4g} -> {result.objective_after:.4g}")
 

@@ -59,3 +59,18 @@ def test_zero_steps_and_a_missing_log(repos, monkeypatch):
     assert read_losses(live) == []
     with pytest.raises(PipelineError, match="loss log .* is missing"):
         read_losses(repos["empty"] / "nowhere")
+
+
+def test_background_writer_writes_the_same_log_and_ends_when_unused(repos, monkeypatch):
+    from pipeline.losslog import BackgroundLossLog
+
+    root = Path(__file__).resolve().parents[1]
+    monkeypatch.setenv("PYTHONPATH", str(root))  # the helper runs `python -m pipeline.losslog`
+    _, direct = log_in(repos["committed"], monkeypatch)
+    helper = BackgroundLossLog()
+    assert helper.write(Path("bg") / "live", LOSSES, SUMMARY) == "dvclive"
+    for rel in ("metrics.json", tsv_path(Path(".")).as_posix()):
+        assert (repos["committed"] / "bg/live" / rel).read_text() == (direct / rel).read_text(), rel
+    unused = BackgroundLossLog()
+    unused.close()
+    assert unused.proc.returncode is not None
