@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import resource
 import subprocess
@@ -26,27 +27,47 @@ DONE = re.compile(r"\[(?P<stage>[^\]]+)\] done in (?P<work>[\d.]+) s, peak RSS (
 
 
 def stage_rows(lines: list[tuple[float, str]], end: float) -> list[dict]:
-    """Stages in run order, with wall (start-up included), work and peak RSS where printed."""
+    """Stages in run order, with wall (start-up included), work and peak RSS where printed.
+
+    A stage's wall time runs from the end of the previous stage (its "done" line, which the
+    stage process prints unbuffered) to its own "done" line, so DVC's bookkeeping between
+    stages counts towards the stage that follows it.
+    """
     rows: list[dict] = []
+    last_end = None
     for t, line in lines:
         m = RUNNING.search(line)
         if m:
-            if rows:
-                rows[-1]["wall_s"] = round(t - rows[-1]["start_s"], 1)
-            rows.append({"stage": m["stage"], "start_s": round(t, 1)})
+            if rows and "end_s" not in rows[-1]:
+                rows[-1]["end_s"] = t
+            rows.append({"stage": m["stage"], "start_s": round(t if last_end is None else last_end, 1)})
             continue
         d = DONE.search(line)
         if d and rows:
-            rows[-1].update(work_s=float(d["work"]), peak_rss_mb=int(d["rss"]))
-    if rows and "wall_s" not in rows[-1]:
-        rows[-1]["wall_s"] = round(end - rows[-1]["start_s"], 1)
+            rows[-1].update(work_s=float(d["work"]), peak_rss_mb=int(d["rss"]), end_s=t)
+            last_end = t
+    for r in rows:
+        r["wall_s"] = round(r.pop("end_s", end) - r["start_s"], 1)
     return rows
+
+
+def by_kind(rows: list[dict]) -> list[dict]:
+    """Stages grouped by name before the ``@`` (all 96 frontier stages in one row)."""
+    groups: dict[str, dict] = {}
+    for r in rows:
+        g = groups.setdefault(r["stage"].split("@")[0], {"kind": r["stage"].split("@")[0], "stages": 0,
+                                                         "wall_s": 0.0, "peak_rss_mb": 0})
+        g["stages"] += 1
+        g["wall_s"] = round(g["wall_s"] + r["wall_s"], 1)
+        g["peak_rss_mb"] = max(g["peak_rss_mb"], r.get("peak_rss_mb", 0))
+    return list(groups.values())
 
 
 def run(cmd: list[str], log: Path) -> tuple[list[tuple[float, str]], float, int]:
     start = time.monotonic()
     lines = []
-    with log.open("w") as out, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    env = dict(os.environ, PYTHONUNBUFFERED="1")  # DVC's own lines arrive when printed, not in bursts
+    with log.open("w") as out, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
                                                 text=True, bufsize=1, errors="replace") as proc:
         for line in proc.stdout:
             t = time.monotonic() - start
@@ -68,13 +89,16 @@ def main() -> int:
     print(f"\n{'stage':42s} {'wall s':>8s} {'work s':>8s} {'peak MB':>8s}")
     for r in rows:
         print(f"{r['stage']:42s} {r['wall_s']:8.1f} {r.get('work_s', float('nan')):8.1f} {r.get('peak_rss_mb', 0):8d}")
+    print(f"\n{'kind':24s} {'stages':>6s} {'wall s':>8s} {'peak MB':>8s}")
+    for g in by_kind(rows):
+        print(f"{g['kind']:24s} {g['stages']:6d} {g['wall_s']:8.1f} {g['peak_rss_mb']:8d}")
     setup = rows[0]["start_s"] if rows else total
     print(f"\nset-up before the first stage: {setup / 60:.1f} min; stages: {len(rows)}; "
           f"total: {total / 60:.1f} min; largest process peak RSS: {peak_gb:.1f} GiB; exit status {status}")
     if args.json:
         args.json.write_text(json.dumps({"command": args.cmd, "exit_status": status, "total_s": round(total, 1),
                                          "setup_s": round(setup, 1), "peak_rss_gib": round(peak_gb, 2),
-                                         "stages": rows}, indent=1))
+                                         "kinds": by_kind(rows), "stages": rows}, indent=1))
     return status
 
 
