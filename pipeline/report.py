@@ -19,7 +19,7 @@ import json
 import math
 import re
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import pandas as pd
 
@@ -36,14 +36,19 @@ def seed_group(model_key: str) -> str:
     return m.group("group") if m else model_key
 
 
+def _records(directory: str | Path, writer: str) -> Iterator[dict]:
+    """The JSON records ``<dir>/*/*.json`` in path order; ``writer`` names who re-makes a bad one."""
+    for path in sorted(Path(directory).glob("*/*.json")):
+        try:
+            yield json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise PipelineError(f"{path} is not valid JSON ({exc})", f"re-run {writer}") from exc
+
+
 def collect(metrics_dir: str | Path) -> pd.DataFrame:
     """One row per (model run, benchmark): score, interval, n, from ``<dir>/<model>/<bench>.json``."""
     rows = []
-    for path in sorted(Path(metrics_dir).glob("*/*.json")):
-        try:
-            record = json.loads(path.read_text())
-        except json.JSONDecodeError as exc:
-            raise PipelineError(f"{path} is not valid JSON ({exc})", "re-run its evaluate stage") from exc
+    for record in _records(metrics_dir, "its evaluate stage"):
         for bench, per_model in record.items():
             if bench not in PRIMARY:
                 continue
@@ -64,13 +69,7 @@ COST_FIELDS = ("stage", "method", "task", "seed", "wall_s", "peak_rss_mb")
 
 def collect_costs(cost_dir: str | Path) -> pd.DataFrame:
     """One row per method stage run, from ``<dir>/<stage>/<item>.json``; empty if there are none."""
-    rows = []
-    for path in sorted(Path(cost_dir).glob("*/*.json")):
-        try:
-            record = json.loads(path.read_text())
-        except json.JSONDecodeError as exc:
-            raise PipelineError(f"{path} is not valid JSON ({exc})", "re-run the stage that wrote it") from exc
-        rows.append({k: record.get(k) for k in COST_FIELDS})
+    rows = [{k: record.get(k) for k in COST_FIELDS} for record in _records(cost_dir, "the stage that wrote it")]
     return pd.DataFrame(rows, columns=list(COST_FIELDS))
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -154,3 +155,30 @@ def test_atomic_outputs_get_ordinary_permissions(tmp_path):
     os.umask(umask)
     assert (tmp_path / "f.safetensors").stat().st_mode & 0o777 == 0o666 & ~umask
     assert (tmp_path / "d").stat().st_mode & 0o777 == 0o777 & ~umask
+
+
+@pytest.mark.parametrize("preset", sorted((ROOT / "presets").glob("*.yaml")), ids=lambda p: p.name)
+def test_presets_apply_to_the_committed_params_and_keep_them_valid(tmp_path, preset):
+    """A preset rewrites params.yaml in place, comments kept; the result must parse and carry
+    the preset's values with everything else unchanged (a list with inline comments once
+    made ruamel fuse two keys onto one line)."""
+    from pipeline.preset import apply
+
+    shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
+    before = yaml.safe_load((ROOT / "params.yaml").read_text())
+    apply(preset, tmp_path / "params.yaml", n_layers=4)
+    after = yaml.safe_load((tmp_path / "params.yaml").read_text())
+    wanted = yaml.safe_load(preset.read_text())
+
+    def check(sub_after, sub_wanted, sub_before, path=""):
+        for key, value in sub_wanted.items():
+            if isinstance(value, dict) and isinstance(sub_before.get(key), dict):
+                check(sub_after[key], value, sub_before[key], f"{path}{key}.")
+            else:
+                assert sub_after[key] == value, f"{path}{key}"
+        for key in set(sub_before) - set(sub_wanted):
+            assert sub_after[key] == sub_before[key], f"{path}{key}"
+
+    check(after, wanted, before)
+    chain = load_chain(tmp_path / "chain.yaml")
+    check_chain(chain, after["tasks"], after["seeds"], 4)

@@ -42,7 +42,7 @@ def test_frontier_logs_and_analysis_figures_render(reproduced_project, tmp_path)
     steps = yaml.safe_load((root / "params.yaml").read_text())["frontier"]["steps"]
     curves = {}
     for key in ("toy-s0-L01", "toy-s0-L02"):
-        stage_dir = root / "artifacts/toy/frontier" / key
+        stage_dir = root / "artifacts/toy/frontier/s0" / key
         with open(stage_dir / "live/plots/metrics/loss.tsv", newline="") as f:
             rows = list(csv.DictReader(f, delimiter="\t"))
         curves[key] = [float(r["loss"]) for r in rows]
