@@ -43,7 +43,7 @@ def train(stage_key: str, loss_log: BackgroundLossLog) -> None:
     task, seed, k = chain.parse_key(stage_key)
     check_task(params, task)
     if seed is None:
-        raise PipelineError(f"{stage_key} is the embedding, not a frontier block", "run `dvc repro embed@{task}`")
+        raise PipelineError(f"{stage_key} is the embedding, not a frontier block", f"run `dvc repro embed@{task}`")
     cfg = frontier_config(params, seed)
     # Block k alone (and k..L when every stage adds the output KL): the others are never run.
     target = ModelAdapter(load_model_blocks(layout.model_dir("target"), compute_dtype(params), k,
