@@ -4,8 +4,9 @@ DVC templating has no arithmetic, so "stage k depends on stage k-1" is data: one
 (task, seed, target block), keyed ``<task>-s<seed>-L<k>``, naming its task, seed, layer and
 the previous stage's key (``<task>-L00`` is the embedding stage, shared by the seeds).
 dvc.yaml loads the file through ``vars`` rather than params.yaml, so the chain's hundreds of
-structural entries never show up as parameter columns in ``dvc exp show``. ``python -m pipeline.chain`` rewrites it for
-the tasks and seeds in params.yaml and the target model's depth.
+structural entries never show up as parameter columns in ``dvc exp show``.
+``python -m pipeline.chain`` rewrites it for the tasks and seeds in params.yaml and the
+target model's depth.
 """
 
 from __future__ import annotations

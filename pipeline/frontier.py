@@ -236,12 +236,11 @@ def train_block(adapter: ModelAdapter, k: int, states: States, targets: LayerTar
     block.requires_grad_(False)
     block.to(store_dtype or model_dtype)
     state = {name: t.detach().clone() for name, t in block.state_dict().items()}
+    block.to(compute)
     if model_dtype == compute:
         # One pass gives both the objective of the stored (rounded) weights and h^(k).
-        block.to(compute)
         after, states_out = stage.mean_loss(collect=True)
     else:
-        block.to(compute)
         after, _ = stage.mean_loss()
         block.to(model_dtype)
         states_out = propagate(adapter, k, states, cfg.batch_size)

@@ -59,10 +59,6 @@ def frontier_dir(task: str, key: str) -> Path:
     return ARTIFACTS / task / "frontier" / stage_subdir(key)
 
 
-def frontier_seed_dir(task: str, seed: int) -> Path:
-    return ARTIFACTS / task / "frontier" / f"s{seed}"
-
-
 LIVE = "live"  # DVCLive directory inside each frontier stage's output
 
 
