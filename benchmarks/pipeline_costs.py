@@ -13,13 +13,13 @@ Without model dirs it builds a tiny pair (ratios then mostly measure overheads).
 from __future__ import annotations
 
 import argparse
-import re
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
+from benchmarks.timed_run import DONE
 from pipeline.adapter import ModelAdapter
 from pipeline.alignment import alignment_map
 from pipeline.artifacts import save_tensors
@@ -90,11 +90,10 @@ def frontier_ratio(source: Path, target: Path, n: int, steps: int) -> None:
 
 
 def stage_table(log: Path) -> None:
-    pattern = re.compile(r"\[(?P<stage>[^\]]+)\] done in (?P<wall>[\d.]+) s, peak RSS (?P<rss>\d+) MB")
-    rows = [m.groupdict() for m in pattern.finditer(log.read_text())]
+    rows = [m.groupdict() for m in DONE.finditer(log.read_text())]
     print(f"{'stage':32s} {'wall s':>8s} {'peak RSS MB':>12s}")
     for r in rows:
-        print(f"{r['stage']:32s} {float(r['wall']):8.1f} {int(r['rss']):12d}")
+        print(f"{r['stage']:32s} {float(r['work']):8.1f} {int(r['rss']):12d}")
 
 
 def main() -> None:

@@ -25,24 +25,14 @@ from pathlib import Path
 # Stage scripts run as `python stages/x.py`; make the library importable from the repo root.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import yaml  # noqa: E402
-
 from pipeline.artifacts import atomic_path, write_json  # noqa: E402
 from pipeline.benchmarks import BENCHMARKS, PRIMARY, Settings, check_records, evaluate, select  # noqa: E402
 from pipeline.data import read_jsonl, write_jsonl  # noqa: E402
 from pipeline.errors import PipelineError  # noqa: E402
+from pipeline.params import load_params, section  # noqa: E402
 from pipeline.runner import guarded  # noqa: E402
 
 SANDBOX_KEYS = ("isolation", "python", "workers")
-
-
-def load_block(params_path: Path) -> dict:
-    if not params_path.is_file():
-        raise PipelineError(f"{params_path} is missing", "run from the repository root or pass --params")
-    block = (yaml.safe_load(params_path.read_text()) or {}).get("evaluation")
-    if not isinstance(block, dict):
-        raise PipelineError(f"{params_path} has no 'evaluation' block", "add the evaluation block (see README)")
-    return block
 
 
 def settings_for(block: dict, benchmark: str) -> Settings:
@@ -100,7 +90,7 @@ def summary_line(benchmark: str, key: str, metrics: dict) -> str:
 def run(args: argparse.Namespace) -> None:
     if args.benchmark not in BENCHMARKS:
         raise PipelineError(f"unknown benchmark {args.benchmark!r}", f"use one of {', '.join(BENCHMARKS)}")
-    block = load_block(Path(args.params))
+    block = section(load_params(args.params), "evaluation")
     model_dir = Path(args.model or Path("models") / args.model_key)
     if not (model_dir / "config.json").is_file():
         raise PipelineError(f"model directory {model_dir} has no config.json",

@@ -19,9 +19,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the library, from the repo root
 
-import yaml  # noqa: E402
-
 from pipeline.artifacts import atomic_path, write_json  # noqa: E402
+from pipeline.params import load_params  # noqa: E402
 from pipeline.runner import guarded  # noqa: E402
 from pipeline.report import (bar_chart, collect, collect_costs, markdown, plot_rows,  # noqa: E402
                              summary_metrics, table)
@@ -30,7 +29,7 @@ from pipeline.report import (bar_chart, collect, collect_costs, markdown, plot_r
 def run(args: argparse.Namespace) -> None:
     block = {}
     if Path(args.params).is_file():
-        block = (yaml.safe_load(Path(args.params).read_text()) or {}).get("evaluation") or {}
+        block = load_params(args.params).get("evaluation") or {}
     source = args.source or block.get("source_key", "source")
     tab = table(collect(args.metrics_dir), source, block.get("models") or [], collect_costs(args.cost_dir))
     with atomic_path(args.out_md) as tmp:
