@@ -22,6 +22,7 @@ from pipeline.loading import torch_dtype
 from pipeline.objectives import check_objective, cosine_loss, fisher_loss, output_kl, relation_loss
 
 TRAINABLE = ("full", "lora")
+INTERFACES = ("state", "residual")
 
 
 @dataclass
@@ -36,6 +37,9 @@ class FrontierConfig:
     tau_out: float = 1.0
     kl_every_stage: bool = False
     beta: float = 1.0
+    layer_weight: float = 1.0  # weight of the layer objective (blocks < L); 0 leaves only the output KL
+    layer_from: int = 1  # first block with a layer objective; blocks below it get none
+    interface: str = "state"  # what the layer objective reads: h^(k) or h^(k) - h^(k-1) (fisher.interface)
     trainable: str = "full"
     lora_r: int = 16
     lora_alpha: int = 16
@@ -51,6 +55,22 @@ class FrontierConfig:
         if self.steps < 0 or self.batch_size < 1 or self.lr <= 0:
             raise PipelineError(f"frontier needs steps >= 0, batch_size >= 1, lr > 0 (got {self.steps}, "
                                 f"{self.batch_size}, {self.lr})", "fix the frontier block of params.yaml")
+        if self.interface not in INTERFACES:
+            raise PipelineError(f"unknown supervision interface {self.interface!r}",
+                                f"set fisher.interface to one of {INTERFACES}")
+        if self.layer_weight < 0 or self.beta < 0 or self.layer_from < 1:
+            raise PipelineError(f"frontier needs layer_weight >= 0, beta >= 0, layer_from >= 1 (got "
+                                f"{self.layer_weight}, {self.beta}, {self.layer_from})",
+                                "fix the frontier block of params.yaml")
+
+    def has_layer_objective(self, k: int, n_layers: int) -> bool:
+        """Block k < L is trained on its layer objective unless it lies below layer_from or
+        the objective has weight 0; the last block always trains on the output KL."""
+        return k < n_layers and k >= self.layer_from and self.layer_weight > 0
+
+    def trains(self, k: int, n_layers: int) -> bool:
+        """Whether stage k has any objective at all; a stage without one keeps its block."""
+        return k == n_layers or self.kl_every_stage or self.has_layer_objective(k, n_layers)
         torch_dtype(self.compute_dtype)
 
 
@@ -76,8 +96,7 @@ class LayerTargets:
     topk_ids: torch.Tensor  # (P, K)
     topk_logits: torch.Tensor  # (P, K) aligned logits z~
     topk_probs: torch.Tensor  # (P, K) renormalised p~
-    aligned: torch.Tensor  # (P, D_t) h~_k
-    aligned_prev: torch.Tensor | None = None  # (P, D_t) h~_{k-1}, for the relation objective
+    aligned: torch.Tensor  # (P, D_t) h~_k, or the aligned source residual (fisher.interface)
 
 
 @dataclass
@@ -136,22 +155,29 @@ class _Stage:
 
     def _objective(self, idx, h_in, h_out, attn, mask) -> torch.Tensor:
         rows = _rows(self.offsets, idx)
-        h_sup = h_out[mask]
         if self.is_last:
-            return output_kl(self.a, h_sup, self.o.topk_ids[rows], self.o.topk_logits[rows], self.cfg.tau_out)
-        t = self.t
-        if self.cfg.objective == "fisher":
-            loss = fisher_loss(self.a, h_sup, t.topk_ids[rows], t.topk_logits[rows], t.topk_probs[rows], self.cfg.tau)
-        elif self.cfg.objective == "cosine":
-            loss = cosine_loss(h_sup, t.aligned[rows])
-        else:
-            sub = torch.cat([torch.zeros(1, dtype=torch.long), mask.sum(1).cumsum(0)])
-            loss = relation_loss(h_sup - h_in[mask], t.aligned[rows] - t.aligned_prev[rows], sub)
+            return output_kl(self.a, h_out[mask], self.o.topk_ids[rows], self.o.topk_logits[rows], self.cfg.tau_out)
+        loss = h_out.sum() * 0
+        if self.cfg.has_layer_objective(self.k, self.a.n_layers):
+            loss = loss + self.cfg.layer_weight * self._layer_objective(rows, h_in, h_out, mask)
         if self.cfg.kl_every_stage:
             h_last = self.a.run_blocks(h_out.to(self.model_dtype), attn, self.k + 1, self.a.n_layers)
             loss = loss + self.cfg.beta * output_kl(self.a, h_last[mask].to(self.compute),
                                                     self.o.topk_ids[rows], self.o.topk_logits[rows], self.cfg.tau_out)
         return loss
+
+    def _layer_objective(self, rows, h_in, h_out, mask) -> torch.Tensor:
+        """The layer objective on the supervision interface: the residual stream h^(k) itself,
+        or the block's residual contribution h^(k) - h^(k-1) (the fisher stage built the
+        aligned targets at the same interface)."""
+        x = h_out[mask] if self.cfg.interface == "state" else (h_out - h_in)[mask]
+        t = self.t
+        if self.cfg.objective == "fisher":
+            return fisher_loss(self.a, x, t.topk_ids[rows], t.topk_logits[rows], t.topk_probs[rows], self.cfg.tau)
+        if self.cfg.objective == "cosine":
+            return cosine_loss(x, t.aligned[rows])
+        sub = torch.cat([torch.zeros(1, dtype=torch.long), mask.sum(1).cumsum(0)])
+        return relation_loss(x, t.aligned[rows], sub)
 
     @torch.no_grad()
     def mean_loss(self, collect: bool = False) -> tuple[float, torch.Tensor | None]:
@@ -181,13 +207,10 @@ def check_inputs(adapter: ModelAdapter, k: int, states: States, targets: LayerTa
     if needs_output and (output is None or output.topk_ids.shape[0] != p):
         raise PipelineError(f"stage {k} needs the source's output logits at {p} positions",
                             "re-run the extract stage for this task")
-    if k < adapter.n_layers:
+    if cfg.has_layer_objective(k, adapter.n_layers):
         if targets is None or targets.topk_ids.shape[0] != p:
             raise PipelineError(f"supervision for layer {k} does not match the {p} supervised positions",
                                 "re-run the fisher stage for this task (and the extract stage before it)")
-        if cfg.objective == "relation" and targets.aligned_prev is None:
-            raise PipelineError("the relation objective needs the aligned state of layer k-1",
-                                "re-run the fisher stage, which writes every layer's aligned state")
 
 
 def train_block(adapter: ModelAdapter, k: int, states: States, targets: LayerTargets | None,
@@ -210,6 +233,7 @@ def train_block(adapter: ModelAdapter, k: int, states: States, targets: LayerTar
     module, finish = _make_trainable(block, cfg)
     params = [p for p in module.parameters() if p.requires_grad]
     stage = _Stage(adapter, k, states, targets, output, cfg, model_dtype)
+    steps = cfg.steps if cfg.trains(k, adapter.n_layers) else 0  # no objective: the block stays as it is
 
     before, _ = stage.mean_loss()
     check_finite("the frontier objective", before, f"stage {k} (before training)")
@@ -219,7 +243,7 @@ def train_block(adapter: ModelAdapter, k: int, states: States, targets: LayerTar
     order: list[int] = []
     losses: list[float] = []
     module.train()
-    for step in tqdm(range(cfg.steps), desc=f"frontier L{k:02d}", disable=not progress):
+    for step in tqdm(range(steps), desc=f"frontier L{k:02d}", disable=not progress):
         if len(order) < cfg.batch_size:
             order += torch.randperm(n, generator=gen).tolist()
         idx, order = torch.tensor(order[: cfg.batch_size]), order[cfg.batch_size:]

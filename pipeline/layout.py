@@ -85,6 +85,23 @@ def quality_plot(run: str) -> Path:
     return PLOTS / "quality" / f"{run}.json"
 
 
+def curve_metrics(run: str) -> Path:
+    return METRICS / "curve" / f"{run}.json"
+
+
+def curve_plot(run: str) -> Path:
+    return PLOTS / "curve" / f"{run}.json"
+
+
+def curve_examples(run: str, task: str) -> Path:
+    """Per-example KL and top-1 hits at every point of the curve (for paired comparisons)."""
+    return ARTIFACTS / task / f"curve-{run.removeprefix(task + '-')}.json"
+
+
+def curve_png(run: str) -> Path:
+    return PLOTS / "curve_png" / f"{run}.png"
+
+
 def analysis_metrics(run: str) -> Path:
     return METRICS / "analysis" / f"{run}.json"
 

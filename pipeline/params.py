@@ -41,11 +41,12 @@ def frontier_config(params: dict, seed: int):
 
     f = dict(section(params, "frontier"))
     lora = f.pop("lora", {}) or {}
-    known = set(FrontierConfig.__dataclass_fields__)
+    known = set(FrontierConfig.__dataclass_fields__) - {"interface", "seed"}
     unknown = sorted(set(f) - known)
     if unknown:
         raise PipelineError(f"unknown frontier params {unknown}", f"use only {sorted(known)} (and lora:)")
-    cfg = FrontierConfig(**f, lora_r=lora.get("r", 16), lora_alpha=lora.get("alpha", 16),
+    cfg = FrontierConfig(**f, interface=str(section(params, "fisher").get("interface", "state")),
+                         lora_r=lora.get("r", 16), lora_alpha=lora.get("alpha", 16),
                          lora_dropout=lora.get("dropout", 0.05),
                          lora_targets=list(lora.get("targets", FrontierConfig().lora_targets)),
                          seed=seed)

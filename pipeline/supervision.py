@@ -47,6 +47,19 @@ def aligned_state(pairing: dict, k: int, load: SourceLoader, amap: torch.Tensor)
     return align(source_state(pairing, k, load), amap)
 
 
+def aligned_residual(pairing: dict, k: int, load: SourceLoader, amap: torch.Tensor) -> torch.Tensor:
+    """The aligned source residual supervising block k's contribution h^(k) - h^(k-1):
+    the source's own write over its paired span, h_s^(l(k)) - h_s^(l(k-1)) (l(0) = the
+    embedding), decomposed and recomposed like a state. (P, D_t) float32."""
+    prev = load(0).float() if k == 1 else source_state(pairing, k - 1, load)
+    return align(source_state(pairing, k, load) - prev, amap)
+
+
+def supervision(pairing: dict, k: int, load: SourceLoader, amap: torch.Tensor, interface: str) -> torch.Tensor:
+    """What the layer objective of block k matches, at the chosen interface (fisher.interface)."""
+    return aligned_state(pairing, k, load, amap) if interface == "state" else aligned_residual(pairing, k, load, amap)
+
+
 @torch.no_grad()
 def aligned_logits_chunks(target: ModelAdapter, aligned: torch.Tensor, chunk: int = 256):
     """Yield (P_chunk, V) aligned logits z~ = W_t n_t(h~), a chunk at a time."""

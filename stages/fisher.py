@@ -14,7 +14,7 @@ from pipeline.loading import load_model, torch_dtype
 from pipeline.pairing import validate_pairing
 from pipeline.params import check_task, compute_dtype, load_params, section
 from pipeline.runner import CostTag, run_stage
-from pipeline.supervision import aligned_state, fisher_stats, source_loader
+from pipeline.supervision import fisher_stats, source_loader, supervision
 
 
 def main() -> None:
@@ -30,15 +30,16 @@ def main() -> None:
         raise PipelineError(f"pairing is for {pairing['n_target']} target layers, the target has {target.n_layers}",
                             "re-run the pair stage for this model pair (`dvc repro`)")
     load = source_loader(layout.source_dir(task) / "transfer")
+    interface = str(cfg.get("interface", "state"))
     store = torch_dtype(str(section(params, "extract").get("hidden_dtype", "bfloat16")))
     with atomic_path(layout.fisher_dir(task), is_dir=True) as tmp:
         save_tensors(layout.layer_file(tmp, 0), {"aligned": align(load(0), amap).to(store)}, {"layer": 0})
         for k in tqdm(range(1, target.n_layers), desc=f"fisher {task}"):
-            aligned = aligned_state(pairing, k, load, amap)
+            aligned = supervision(pairing, k, load, amap, interface)
             stats = fisher_stats(target, aligned, int(cfg["top_k"]), float(cfg["tau"]))
             save_tensors(layout.layer_file(tmp, k), {
                 "aligned": aligned.to(store), "topk_ids": stats.topk_ids, "topk_logits": stats.topk_logits,
-                "topk_probs": stats.topk_probs, "diag_mean": stats.diag_mean}, {"layer": k, "tau": cfg["tau"]})
+                "topk_probs": stats.topk_probs, "diag_mean": stats.diag_mean}, {"layer": k, "tau": cfg["tau"], "interface": interface})
 
 
 if __name__ == "__main__":

@@ -20,11 +20,9 @@ from pipeline.params import check_task, compute_dtype, frontier_config, load_par
 from pipeline.runner import CostTag, run_stage
 
 
-def layer_targets(task: str, k: int, need_prev: bool) -> LayerTargets:
+def layer_targets(task: str, k: int) -> LayerTargets:
     fisher = load_tensors(layout.layer_file(layout.fisher_dir(task), k), "the fisher stage")
-    prev = load_tensors(layout.layer_file(layout.fisher_dir(task), k - 1), "the fisher stage") if need_prev else None
-    return LayerTargets(fisher["topk_ids"], fisher["topk_logits"], fisher["topk_probs"], fisher["aligned"],
-                        prev["aligned"] if prev else None)
+    return LayerTargets(fisher["topk_ids"], fisher["topk_logits"], fisher["topk_probs"], fisher["aligned"])
 
 
 def main() -> None:
@@ -56,7 +54,7 @@ def train(stage_key: str, loss_log: BackgroundLossLog) -> None:
                             "re-run the embed and frontier stages of this task (`dvc repro`)")
     states = States(prev["hidden"], prev["attention_mask"], prev["supervised"].bool())
     is_last = k == target.n_layers
-    targets = None if is_last else layer_targets(task, k, cfg.objective == "relation")
+    targets = layer_targets(task, k) if cfg.has_layer_objective(k, target.n_layers) else None
     output = None
     if is_last or cfg.kl_every_stage:
         out = load_tensors(layout.source_dir(task) / "transfer" / "output_topk.safetensors", "the extract stage")

@@ -14,7 +14,7 @@ from pipeline.export import export_model
 from pipeline.frontier import FrontierConfig, LayerTargets, OutputTargets, States, embed_states, train_block
 from pipeline.loading import load_model, load_tokenizer
 from pipeline.pairing import pair_layers
-from pipeline.supervision import aligned_state, fisher_stats
+from pipeline.supervision import fisher_stats, supervision
 from pipeline.tasks import builder
 
 
@@ -78,12 +78,12 @@ def stage_inputs(source, target, k, cfg_kwargs=None):
     states = States(h, enc.attention_mask, enc.supervised)
     targets = None
     if k < tgt.n_layers:
-        aligned = aligned_state(pairing, k, got.hidden.__getitem__, amap)
+        interface = (cfg_kwargs or {}).get("interface", "state")
+        aligned = supervision(pairing, k, got.hidden.__getitem__, amap, interface)
         st = fisher_stats(tgt, aligned, 16, 1.0)
-        prev = aligned_state(pairing, k - 1, got.hidden.__getitem__, amap) if k > 1 else aligned
-        targets = LayerTargets(st.topk_ids, st.topk_logits, st.topk_probs, aligned, prev)
+        targets = LayerTargets(st.topk_ids, st.topk_logits, st.topk_probs, aligned)
     output = OutputTargets(got.topk_ids, got.topk_logits)
-    cfg = FrontierConfig(steps=6, lr=3e-3, batch_size=3, **(cfg_kwargs or {}))
+    cfg = FrontierConfig(**{"steps": 6, "lr": 3e-3, "batch_size": 3, **(cfg_kwargs or {})})
     return tgt, states, targets, output, cfg, enc
 
 
@@ -106,10 +106,12 @@ def test_frontier_changes_only_block_k_and_lowers_its_objective(pair, k):
     assert any(not torch.equal(t, before[prefix + n]) for n, t in result.block_state.items())
 
 
-@pytest.mark.parametrize("objective", ["cosine", "relation"])
-def test_ablation_objectives_train(tiny_pair, objective):
+@pytest.mark.parametrize("objective", ["fisher", "cosine", "relation"])
+@pytest.mark.parametrize("interface", ["state", "residual"])
+def test_ablation_objectives_train(tiny_pair, objective, interface):
     source, target = tiny_pair
-    tgt, states, targets, output, cfg, _ = stage_inputs(source, target, 2, {"objective": objective})
+    tgt, states, targets, output, cfg, _ = stage_inputs(source, target, 2, {"objective": objective,
+                                                                            "interface": interface})
     result = train_block(tgt, 2, states, targets, output, cfg, progress=False)
     assert result.objective_after < result.objective_before
 
