@@ -35,10 +35,11 @@ class FrontierConfig:
     weight_decay: float = 0.0
     tau: float = 1.0
     tau_out: float = 1.0
-    kl_every_stage: bool = False
-    beta: float = 1.0
+    kl_from: int = 0  # first block trained with the output KL too (0: the last block only)
+    beta: float = 1.0  # weight of that output KL on blocks < L
     layer_weight: float = 1.0  # weight of the layer objective (blocks < L); 0 leaves only the output KL
     layer_from: int = 1  # first block with a layer objective; blocks below it get none
+    log_examples: int = 16  # examples the logged objective before/after training is measured on (0: all)
     interface: str = "state"  # what the layer objective reads: h^(k) or h^(k) - h^(k-1) (fisher.interface)
     trainable: str = "full"
     lora_r: int = 16
@@ -52,16 +53,22 @@ class FrontierConfig:
         check_objective(self.objective)
         if self.trainable not in TRAINABLE:
             raise PipelineError(f"unknown frontier.trainable {self.trainable!r}", f"use one of {TRAINABLE}")
-        if self.steps < 0 or self.batch_size < 1 or self.lr <= 0:
+        if self.steps < 0 or self.batch_size < 1 or self.lr <= 0 or self.log_examples < 0:
             raise PipelineError(f"frontier needs steps >= 0, batch_size >= 1, lr > 0 (got {self.steps}, "
                                 f"{self.batch_size}, {self.lr})", "fix the frontier block of params.yaml")
         if self.interface not in INTERFACES:
             raise PipelineError(f"unknown supervision interface {self.interface!r}",
                                 f"set fisher.interface to one of {INTERFACES}")
-        if self.layer_weight < 0 or self.beta < 0 or self.layer_from < 1:
-            raise PipelineError(f"frontier needs layer_weight >= 0, beta >= 0, layer_from >= 1 (got "
-                                f"{self.layer_weight}, {self.beta}, {self.layer_from})",
+        if self.layer_weight < 0 or self.beta < 0 or self.layer_from < 1 or self.kl_from < 0:
+            raise PipelineError(f"frontier needs layer_weight >= 0, beta >= 0, layer_from >= 1, kl_from >= 0 (got "
+                                f"{self.layer_weight}, {self.beta}, {self.layer_from}, {self.kl_from})",
                                 "fix the frontier block of params.yaml")
+
+    def has_output_kl(self, k: int, n_layers: int) -> bool:
+        """The last block always trains on the output KL; blocks from kl_from on add it to
+        their layer objective (the v2 text's "output KL preserves source-level predictive
+        behavior"), at the cost of running blocks k+1..L and the full LM head every step."""
+        return k == n_layers or (0 < self.kl_from <= k)
 
     def has_layer_objective(self, k: int, n_layers: int) -> bool:
         """Block k < L is trained on its layer objective unless it lies below layer_from or
@@ -70,7 +77,7 @@ class FrontierConfig:
 
     def trains(self, k: int, n_layers: int) -> bool:
         """Whether stage k has any objective at all; a stage without one keeps its block."""
-        return k == n_layers or self.kl_every_stage or self.has_layer_objective(k, n_layers)
+        return self.has_output_kl(k, n_layers) or self.has_layer_objective(k, n_layers)
         torch_dtype(self.compute_dtype)
 
 
@@ -160,7 +167,7 @@ class _Stage:
         loss = h_out.sum() * 0
         if self.cfg.has_layer_objective(self.k, self.a.n_layers):
             loss = loss + self.cfg.layer_weight * self._layer_objective(rows, h_in, h_out, mask)
-        if self.cfg.kl_every_stage:
+        if self.cfg.has_output_kl(self.k, self.a.n_layers):
             h_last = self.a.run_blocks(h_out.to(self.model_dtype), attn, self.k + 1, self.a.n_layers)
             loss = loss + self.cfg.beta * output_kl(self.a, h_last[mask].to(self.compute),
                                                     self.o.topk_ids[rows], self.o.topk_logits[rows], self.cfg.tau_out)
@@ -180,10 +187,9 @@ class _Stage:
         return relation_loss(x, t.aligned[rows], sub)
 
     @torch.no_grad()
-    def mean_loss(self, collect: bool = False) -> tuple[float, torch.Tensor | None]:
-        """The objective over the whole transfer split (weighted by batch size), and with
-        ``collect`` the block's outputs h^(k), (N, T, D_t), from the same pass."""
-        n = self.s.hidden.shape[0]
+    def mean_loss(self, n: int, collect: bool = False) -> tuple[float, torch.Tensor | None]:
+        """The objective over the first ``n`` examples of the transfer split (weighted by batch
+        size), and with ``collect`` the block's outputs h^(k), (n, T, D_t), from the same pass."""
         total, outs = 0.0, []
         for sl in batches(n, self.cfg.batch_size):
             idx = torch.arange(sl.start, sl.stop)
@@ -203,7 +209,7 @@ def check_inputs(adapter: ModelAdapter, k: int, states: States, targets: LayerTa
     if states.hidden.shape[-1] != adapter.width:
         raise PipelineError(f"states have width {states.hidden.shape[-1]}, target block {k} expects {adapter.width}",
                             "the chain's previous stage was made for another target model: re-run the chain")
-    needs_output = k == adapter.n_layers or cfg.kl_every_stage
+    needs_output = cfg.has_output_kl(k, adapter.n_layers)
     if needs_output and (output is None or output.topk_ids.shape[0] != p):
         raise PipelineError(f"stage {k} needs the source's output logits at {p} positions",
                             "re-run the extract stage for this task")
@@ -235,11 +241,13 @@ def train_block(adapter: ModelAdapter, k: int, states: States, targets: LayerTar
     stage = _Stage(adapter, k, states, targets, output, cfg, model_dtype)
     steps = cfg.steps if cfg.trains(k, adapter.n_layers) else 0  # no objective: the block stays as it is
 
-    before, _ = stage.mean_loss()
+    n = states.hidden.shape[0]
+    # With the output KL a pass costs blocks k..L and the full LM head: log on a subset.
+    n_log = n if cfg.log_examples == 0 else min(n, cfg.log_examples)
+    before, _ = stage.mean_loss(n_log)
     check_finite("the frontier objective", before, f"stage {k} (before training)")
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     gen = torch.Generator().manual_seed(cfg.seed * 1000 + k)
-    n = states.hidden.shape[0]
     order: list[int] = []
     losses: list[float] = []
     module.train()
@@ -261,11 +269,11 @@ def train_block(adapter: ModelAdapter, k: int, states: States, targets: LayerTar
     block.to(store_dtype or model_dtype)
     state = {name: t.detach().clone() for name, t in block.state_dict().items()}
     block.to(compute)
-    if model_dtype == compute:
+    if model_dtype == compute and n_log == n:
         # One pass gives both the objective of the stored (rounded) weights and h^(k).
-        after, states_out = stage.mean_loss(collect=True)
+        after, states_out = stage.mean_loss(n, collect=True)
     else:
-        after, _ = stage.mean_loss()
+        after, _ = stage.mean_loss(n_log)
         block.to(model_dtype)
         states_out = propagate(adapter, k, states, cfg.batch_size)
     block.to(model_dtype)

@@ -42,6 +42,10 @@ def frontier_config(params: dict, seed: int):
     f = dict(section(params, "frontier"))
     lora = f.pop("lora", {}) or {}
     known = set(FrontierConfig.__dataclass_fields__) - {"interface", "seed"}
+    if "kl_every_stage" in f:
+        raise PipelineError("frontier.kl_every_stage has become frontier.kl_from (the first block trained with the "
+                            "output KL too)", "replace `kl_every_stage: true` by `kl_from: 1` and "
+                            "`kl_every_stage: false` by `kl_from: 0` in params.yaml")
     unknown = sorted(set(f) - known)
     if unknown:
         raise PipelineError(f"unknown frontier params {unknown}", f"use only {sorted(known)} (and lora:)")

@@ -43,9 +43,10 @@ def train(stage_key: str, loss_log: BackgroundLossLog) -> None:
     if seed is None:
         raise PipelineError(f"{stage_key} is the embedding, not a frontier block", f"run `dvc repro embed@{task}`")
     cfg = frontier_config(params, seed)
-    # Block k alone (and k..L when every stage adds the output KL): the others are never run.
+    # Block k alone (k..L when the stage adds the output KL): the others are never run.
+    with_kl = 0 < cfg.kl_from <= k
     target = ModelAdapter(load_model_blocks(layout.model_dir("target"), compute_dtype(params), k,
-                                            None if cfg.kl_every_stage else k))
+                                            None if with_kl else k))
     target.check_layer(k, "frontier layer")
     prev = load_tensors(layout.frontier_dir(task, entry["prev"]) / "states.safetensors", f"frontier@{entry['prev']}")
     source_tokens = load_tensors(layout.source_dir(task) / "transfer" / "tokens.safetensors", "the extract stage")
@@ -56,7 +57,7 @@ def train(stage_key: str, loss_log: BackgroundLossLog) -> None:
     is_last = k == target.n_layers
     targets = layer_targets(task, k) if cfg.has_layer_objective(k, target.n_layers) else None
     output = None
-    if is_last or cfg.kl_every_stage:
+    if cfg.has_output_kl(k, target.n_layers):
         out = load_tensors(layout.source_dir(task) / "transfer" / "output_topk.safetensors", "the extract stage")
         output = OutputTargets(out["topk_ids"], out["topk_logits"])
     store = torch_dtype(storage_dtype(params))

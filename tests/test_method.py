@@ -125,11 +125,11 @@ def test_lora_block_is_merged_into_plain_weights(tiny_pair):
     assert result.objective_after < result.objective_before
 
 
-def test_kl_every_stage_adds_the_output_term(tiny_pair):
+def test_kl_from_adds_the_output_term(tiny_pair):
     source, target = tiny_pair
     runs = {}
     for flag in (False, True):
-        tgt, states, targets, output, cfg, _ = stage_inputs(source, target, 1, {"kl_every_stage": flag})
+        tgt, states, targets, output, cfg, _ = stage_inputs(source, target, 1, {"kl_from": int(flag)})
         runs[flag] = train_block(tgt, 1, states, targets, output, cfg, progress=False)
     assert runs[True].objective_before > runs[False].objective_before
     assert runs[True].objective_after < runs[True].objective_before
