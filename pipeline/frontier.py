@@ -228,6 +228,11 @@ def train_block(adapter: ModelAdapter, k: int, states: States, targets: LayerTar
     is exactly what the exported (stored-precision) model computes.
     """
     check_inputs(adapter, k, states, targets, output, cfg)
+    if not cfg.trains(k, adapter.n_layers):
+        # No objective on this block: it keeps its weights, the split only passes through it.
+        block = adapter.block(k)
+        state = {name: t.detach().to(store_dtype or t.dtype).clone() for name, t in block.state_dict().items()}
+        return FrontierResult(state, propagate(adapter, k, states, cfg.batch_size), [], 0.0, 0.0)
     block = adapter.block(k)
     model_dtype = next(block.parameters()).dtype
     compute = torch_dtype(cfg.compute_dtype)
@@ -239,7 +244,6 @@ def train_block(adapter: ModelAdapter, k: int, states: States, targets: LayerTar
     module, finish = _make_trainable(block, cfg)
     params = [p for p in module.parameters() if p.requires_grad]
     stage = _Stage(adapter, k, states, targets, output, cfg, model_dtype)
-    steps = cfg.steps if cfg.trains(k, adapter.n_layers) else 0  # no objective: the block stays as it is
 
     n = states.hidden.shape[0]
     # With the output KL a pass costs blocks k..L and the full LM head: log on a subset.
@@ -251,7 +255,7 @@ def train_block(adapter: ModelAdapter, k: int, states: States, targets: LayerTar
     order: list[int] = []
     losses: list[float] = []
     module.train()
-    for step in tqdm(range(steps), desc=f"frontier L{k:02d}", disable=not progress):
+    for step in tqdm(range(cfg.steps), desc=f"frontier L{k:02d}", disable=not progress):
         if len(order) < cfg.batch_size:
             order += torch.randperm(n, generator=gen).tolist()
         idx, order = torch.tensor(order[: cfg.batch_size]), order[cfg.batch_size:]

@@ -34,7 +34,9 @@ def main() -> None:
     store = torch_dtype(str(section(params, "extract").get("hidden_dtype", "bfloat16")))
     with atomic_path(layout.fisher_dir(task), is_dir=True) as tmp:
         save_tensors(layout.layer_file(tmp, 0), {"aligned": align(load(0), amap).to(store)}, {"layer": 0})
-        for k in tqdm(range(1, target.n_layers), desc=f"fisher {task}"):
+        # Only blocks with a layer objective read their supervision (frontier.layer_from).
+        first = max(1, int(section(params, "frontier").get("layer_from", 1)))
+        for k in tqdm(range(first, target.n_layers), desc=f"fisher {task}"):
             aligned = supervision(pairing, k, load, amap, interface)
             stats = fisher_stats(target, aligned, int(cfg["top_k"]), float(cfg["tau"]))
             save_tensors(layout.layer_file(tmp, k), {
