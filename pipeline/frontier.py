@@ -35,10 +35,10 @@ class FrontierConfig:
     weight_decay: float = 0.0
     tau: float = 1.0
     tau_out: float = 1.0
-    kl_from: int = 0  # first block trained with the output KL too (0: the last block only)
+    kl_from: int = 0  # first block trained with the output KL too (0: the last block only; -n: the last n)
     beta: float = 1.0  # weight of that output KL on blocks < L
     layer_weight: float = 1.0  # weight of the layer objective (blocks < L); 0 leaves only the output KL
-    layer_from: int = 1  # first block with a layer objective; blocks below it get none
+    layer_from: int = 1  # first block with a layer objective (-n: the last n blocks); blocks below get none
     log_examples: int = 16  # examples the logged objective before/after training is measured on (0: all)
     interface: str = "state"  # what the layer objective reads: h^(k) or h^(k) - h^(k-1) (fisher.interface)
     trainable: str = "full"
@@ -59,21 +59,27 @@ class FrontierConfig:
         if self.interface not in INTERFACES:
             raise PipelineError(f"unknown supervision interface {self.interface!r}",
                                 f"set fisher.interface to one of {INTERFACES}")
-        if self.layer_weight < 0 or self.beta < 0 or self.layer_from < 1 or self.kl_from < 0:
-            raise PipelineError(f"frontier needs layer_weight >= 0, beta >= 0, layer_from >= 1, kl_from >= 0 (got "
-                                f"{self.layer_weight}, {self.beta}, {self.layer_from}, {self.kl_from})",
+        if self.layer_weight < 0 or self.beta < 0 or self.layer_from == 0:
+            raise PipelineError(f"frontier needs layer_weight >= 0, beta >= 0, layer_from != 0 (got "
+                                f"{self.layer_weight}, {self.beta}, {self.layer_from})",
                                 "fix the frontier block of params.yaml")
+
+    @staticmethod
+    def first_block(value: int, n_layers: int) -> int:
+        """A block number as params.yaml writes it: k >= 1 is block k, -n the n-th from the end
+        (so a setting carries over to targets of another depth)."""
+        return n_layers + value + 1 if value < 0 else value
 
     def has_output_kl(self, k: int, n_layers: int) -> bool:
         """The last block always trains on the output KL; blocks from kl_from on add it to
         their layer objective (the v2 text's "output KL preserves source-level predictive
         behavior"), at the cost of running blocks k+1..L and the full LM head every step."""
-        return k == n_layers or (0 < self.kl_from <= k)
+        return k == n_layers or (self.kl_from != 0 and k >= self.first_block(self.kl_from, n_layers))
 
     def has_layer_objective(self, k: int, n_layers: int) -> bool:
         """Block k < L is trained on its layer objective unless it lies below layer_from or
         the objective has weight 0; the last block always trains on the output KL."""
-        return k < n_layers and k >= self.layer_from and self.layer_weight > 0
+        return k < n_layers and k >= self.first_block(self.layer_from, n_layers) and self.layer_weight > 0
 
     def trains(self, k: int, n_layers: int) -> bool:
         """Whether stage k has any objective at all; a stage without one keeps its block."""

@@ -5,20 +5,26 @@
 #   scripts/ablations.sh frontier.objective=fisher,cosine   # only the sweeps given (-S syntax)
 #   JOBS=2 scripts/ablations.sh     # workers for `dvc queue start`
 #   START=0 scripts/ablations.sh    # only queue; run later with `dvc queue start`
+#   TARGETS="curve@gsm8k-0" scripts/ablations.sh   # run only what these stages need (no benchmarks)
 #   WAIT=1 scripts/ablations.sh     # block until this batch is done, stop the workers,
 #                                   # exit 1 if any of its experiments failed
 #
-# One factor at a time around params.yaml, not a grid (3 x 4 x 3 x 3 = 108 runs). A point
-# equal to the baseline is restored from the run cache instead of being recomputed.
+# One factor at a time around params.yaml, not a grid. A point equal to the baseline is
+# restored from the run cache instead of being recomputed.
 set -euo pipefail
 
 sweeps=("$@")
 if [ ${#sweeps[@]} -eq 0 ]; then
   sweeps=(
-    "frontier.objective=fisher,cosine,relation"
-    "pairing.strategy=attributed,floor,critical,interpolate"
-    "fisher.top_k=16,64,256"
-    "fisher.tau=0.5,1.0,2.0"
+    "frontier.layer_weight=0,0.1,1"
+    "frontier.kl_from=0,1"
+    "fisher.interface=residual"
+    "frontier.objective=cosine,relation"
+    "frontier.lr=2e-5,2e-4"
+    "frontier.steps=8,32"
+    "pairing.strategy=floor,critical,interpolate"
+    "fisher.top_k=16,256"
+    "fisher.tau=0.5,2.0"
   )
 fi
 
@@ -36,7 +42,8 @@ untracked=$(git ls-files --others --exclude-standard)
 
 names=()
 for sweep in "${sweeps[@]}"; do
-  out=$(dvc exp run --queue -S "$sweep")
+  # shellcheck disable=SC2086  # TARGETS is a space-separated list of stage names
+  out=$(dvc exp run --queue -S "$sweep" ${TARGETS:-})
   echo "$out"
   while read -r name; do names+=("$name"); done < <(sed -n "s/^Queued experiment '\([^']*\)'.*/\1/p" <<<"$out")
 done

@@ -10,6 +10,7 @@ from pipeline.adapter import ModelAdapter
 from pipeline.alignment import align
 from pipeline.artifacts import atomic_path, load_tensors, read_json, save_tensors
 from pipeline.errors import PipelineError
+from pipeline.frontier import FrontierConfig
 from pipeline.loading import load_model, torch_dtype
 from pipeline.pairing import validate_pairing
 from pipeline.params import check_task, compute_dtype, load_params, section
@@ -35,7 +36,8 @@ def main() -> None:
     with atomic_path(layout.fisher_dir(task), is_dir=True) as tmp:
         save_tensors(layout.layer_file(tmp, 0), {"aligned": align(load(0), amap).to(store)}, {"layer": 0})
         # Only blocks with a layer objective read their supervision (frontier.layer_from).
-        first = max(1, int(section(params, "frontier").get("layer_from", 1)))
+        first = max(1, FrontierConfig.first_block(int(section(params, "frontier").get("layer_from", 1)),
+                                                  target.n_layers))
         for k in tqdm(range(first, target.n_layers), desc=f"fisher {task}"):
             aligned = supervision(pairing, k, load, amap, interface)
             stats = fisher_stats(target, aligned, int(cfg["top_k"]), float(cfg["tau"]))

@@ -16,7 +16,7 @@ from pipeline.errors import PipelineError
 from pipeline.frontier import LayerTargets, OutputTargets, States, train_block
 from pipeline.loading import load_model_blocks, torch_dtype
 from pipeline.losslog import BackgroundLossLog
-from pipeline.params import check_task, compute_dtype, frontier_config, load_params, storage_dtype
+from pipeline.params import check_task, compute_dtype, frontier_config, load_params, section, storage_dtype
 from pipeline.runner import CostTag, run_stage
 
 
@@ -44,9 +44,9 @@ def train(stage_key: str, loss_log: BackgroundLossLog) -> None:
         raise PipelineError(f"{stage_key} is the embedding, not a frontier block", f"run `dvc repro embed@{task}`")
     cfg = frontier_config(params, seed)
     # Block k alone (k..L when the stage adds the output KL): the others are never run.
-    with_kl = 0 < cfg.kl_from <= k
+    n_layers = chain.target_depth(str(section(params, "models")["target"]))
     target = ModelAdapter(load_model_blocks(layout.model_dir("target"), compute_dtype(params), k,
-                                            None if with_kl else k))
+                                            None if cfg.has_output_kl(k, n_layers) else k))
     target.check_layer(k, "frontier layer")
     prev = load_tensors(layout.frontier_dir(task, entry["prev"]) / "states.safetensors", f"frontier@{entry['prev']}")
     source_tokens = load_tensors(layout.source_dir(task) / "transfer" / "tokens.safetensors", "the extract stage")
