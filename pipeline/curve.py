@@ -8,7 +8,8 @@ to the untouched target.
 
 Cost: the validation split's states after block k are carried from point to point (one pass
 of each trained block), but each point runs the original blocks k+1..L again, so the whole
-curve costs about L/2 forward passes of the target; ``points`` thins it.
+curve costs about L/2 forward passes of the target; ``points`` thins it, and points before
+the first block the chain changed are point 0 itself (not recomputed).
 """
 
 from __future__ import annotations
@@ -52,16 +53,22 @@ def heldout_curve(adapter: ModelAdapter, encoded: EncodedSplit, trained_block: B
     ``trained_block(k)`` (a block state dict), so afterwards it is the fully transferred model.
     src_ids/src_logits: (P, K) the source's top-K outputs at the validation split's supervised
     positions, in (example, position) order."""
-    wanted = sorted(set(points))
+    wanted = sorted(set(points) | {0})  # the untouched target: every change is measured against it
     n = adapter.n_layers
     mask, attn, offsets = encoded.supervised, encoded.attention_mask, encoded.offsets()
     hidden = torch.cat([adapter.embed(encoded.input_ids[sl]) for sl in batches(len(encoded.ids), batch_size)])
     out: dict[int, Agreement] = {}
+    changed = False  # while no block so far differs from the original, point k is point 0
     for k in tqdm(range(0, n + 1), desc="held-out curve", disable=not progress):
         if k > 0:
+            before = {name: t.clone() for name, t in adapter.block(k).state_dict().items()}
             install_block(adapter, k, trained_block(k))
+            changed = changed or any(not torch.equal(t, before[name])
+                                     for name, t in adapter.block(k).state_dict().items())
             hidden = _run(adapter, hidden, attn, k, k, batch_size)
-        if k in wanted:
+        if k in wanted and k > 0 and not changed:
+            out[k] = out[0]
+        elif k in wanted:
             last = _run(adapter, hidden, attn, k + 1, n, batch_size)
             out[k] = agreement(adapter, last[mask], src_ids, src_logits, offsets)
     return out

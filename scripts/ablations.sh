@@ -3,6 +3,7 @@
 #
 #   scripts/ablations.sh                                    # the four sweeps below, 1 worker
 #   scripts/ablations.sh frontier.objective=fisher,cosine   # only the sweeps given (-S syntax)
+#   scripts/ablations.sh "frontier.objective=cosine frontier.layer_weight=1"   # two -S in one sweep
 #   JOBS=2 scripts/ablations.sh     # workers for `dvc queue start`
 #   START=0 scripts/ablations.sh    # only queue; run later with `dvc queue start`
 #   TARGETS="curve@gsm8k-0" scripts/ablations.sh   # run only what these stages need (no benchmarks)
@@ -16,15 +17,12 @@ set -euo pipefail
 sweeps=("$@")
 if [ ${#sweeps[@]} -eq 0 ]; then
   sweeps=(
-    "frontier.layer_weight=0,0.1,1"
-    "frontier.kl_from=0,1"
-    "fisher.interface=residual"
-    "frontier.objective=cosine,relation"
-    "frontier.lr=2e-5,2e-4"
-    "frontier.steps=8,32"
-    "pairing.strategy=floor,critical,interpolate"
-    "fisher.top_k=16,256"
-    "fisher.tau=0.5,2.0"
+    "frontier.layer_weight=0,0.1,1"                          # the layer objective's weight
+    "frontier.kl_from=0"                                     # output KL on the last block only
+    "frontier.lr=2e-5"
+    "frontier.trainable=lora frontier.lr=1e-3"              # LoRA adapters start at 0: a larger lr
+    "frontier.objective=cosine,relation frontier.layer_weight=1"   # objectives at full weight
+    "fisher.interface=residual frontier.layer_weight=1"      # vs fisher at full weight above
   )
 fi
 
@@ -43,7 +41,9 @@ untracked=$(git ls-files --others --exclude-standard)
 names=()
 for sweep in "${sweeps[@]}"; do
   # shellcheck disable=SC2086  # TARGETS is a space-separated list of stage names
-  out=$(dvc exp run --queue -S "$sweep" ${TARGETS:-})
+  set_args=()
+  for s in $sweep; do set_args+=(-S "$s"); done   # "a=1 b=2": several overrides in one sweep
+  out=$(dvc exp run --queue "${set_args[@]}" ${TARGETS:-})
   echo "$out"
   while read -r name; do names+=("$name"); done < <(sed -n "s/^Queued experiment '\([^']*\)'.*/\1/p" <<<"$out")
 done

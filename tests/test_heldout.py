@@ -175,3 +175,22 @@ def test_block_numbers_from_the_end():
     assert FrontierConfig.first_block(-1, 32) == 32 and FrontierConfig.first_block(5, 32) == 5
     assert [k for k in range(1, 25) if FrontierConfig(kl_from=0).has_output_kl(k, 24)] == [24]
     assert not any(FrontierConfig(layer_weight=0.0).has_layer_objective(k, 24) for k in range(1, 25))
+
+
+def test_curve_points_before_the_first_changed_block_are_the_untouched_target(tiny_pair):
+    """A chain that leaves block 1 as it is (layer_from 2): point 1 is point 0 exactly, and the
+    points after it are recomputed (rejects a shortcut that also reuses point 0 once a block
+    has changed)."""
+    source, target = tiny_pair
+    tgt, states, _, output, cfg, enc = stage_inputs(source, target, 1, {"layer_from": 2})
+    blocks = {}
+    for k in range(1, tgt.n_layers + 1):
+        _, _, targets, _, _, _ = stage_inputs(source, target, k, {"layer_from": 2})
+        result = train_block(tgt, k, states, targets if k >= 2 else None, output, cfg, progress=False)
+        blocks[k] = result.block_state
+        states = States(result.states_out, states.attention_mask, states.supervised)
+    fresh = ModelAdapter(load_model(str(target), "float32"))
+    pts = heldout_curve(fresh, enc, blocks.__getitem__, output.topk_ids, output.topk_logits,
+                        [1, 2, tgt.n_layers], batch_size=4, progress=False)
+    assert torch.equal(pts[1].kl, pts[0].kl)
+    assert not torch.allclose(pts[2].kl, pts[0].kl)
