@@ -6,7 +6,7 @@ held-out metrics of the curve stage: untouched and transferred KL(source || mode
 change with its paired 95 % interval, and top-1 agreement. Writes CSV, JSON and Markdown
 tables and a plot of the KL change per experiment.
 
-    python -m pipeline.ablations --out results/ablations [--task gsm8k --seed 0]
+    python -m pipeline.ablations --out results/ablations [--task gsm8k --seed 0 --rev COMMIT]
 """
 
 from __future__ import annotations
@@ -28,9 +28,10 @@ METRICS = ("untouched.kl", "untouched.top1", "transferred.kl", "transferred.kl_d
            "transferred.top1_diff", "transferred.top1_diff_low", "transferred.top1_diff_high")
 
 
-def exp_show_csv() -> pd.DataFrame:
-    out = subprocess.run(["dvc", "exp", "show", "--csv", "--hide-queued", "--hide-failed"],
-                         capture_output=True, text=True)
+def exp_show_csv(rev: str | None = None) -> pd.DataFrame:
+    """The experiments derived from ``rev`` (default: HEAD) as a flat table."""
+    cmd = ["dvc", "exp", "show", "--csv", "--hide-queued", "--hide-failed"] + (["--rev", rev] if rev else [])
+    out = subprocess.run(cmd, capture_output=True, text=True)
     if out.returncode != 0:
         raise PipelineError(f"`dvc exp show` failed: {out.stderr.strip()[-300:]}", "run this in the project root")
     return pd.read_csv(io.StringIO(out.stdout))
@@ -111,8 +112,9 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("results/ablations"))
     ap.add_argument("--task", default="gsm8k")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--rev", help="the commit the sweep was queued from (default: HEAD)")
     args = ap.parse_args()
-    df = table(exp_show_csv(), f"{args.task}-s{args.seed}")
+    df = table(exp_show_csv(args.rev), f"{args.task}-s{args.seed}")
     args.out.mkdir(parents=True, exist_ok=True)
     with atomic_path(args.out / "ablations.csv") as tmp:
         df.to_csv(tmp, index=False)

@@ -98,12 +98,12 @@ def test_stage_with_corrupt_input_exits_cleanly_and_writes_nothing(tmp_path):
     for item in ("pipeline", "stages", "params.yaml", "chain.yaml"):
         src = ROOT / item
         shutil.copytree(src, tmp_path / item) if src.is_dir() else shutil.copy(src, tmp_path / item)
-    (tmp_path / "artifacts/mmlu").mkdir(parents=True)
-    (tmp_path / "artifacts/mmlu/attribution.json").write_text("{truncated")
-    res = run_stage(tmp_path, "stages.pair", "mmlu")
+    (tmp_path / "artifacts/gsm8k").mkdir(parents=True)
+    (tmp_path / "artifacts/gsm8k/attribution.json").write_text("{truncated")
+    res = run_stage(tmp_path, "stages.pair", "gsm8k")
     assert res.returncode == 2
     assert "not valid JSON" in res.stderr and "fix:" in res.stderr and "Traceback" not in res.stderr
-    assert not (tmp_path / "artifacts/mmlu/pairing.json").exists()
+    assert not (tmp_path / "artifacts/gsm8k/pairing.json").exists()
     res = run_stage(tmp_path, "stages.data", "klingon")
     assert res.returncode == 2 and "tasks_config.klingon" in res.stderr
     assert not (tmp_path / "data/tasks/klingon").exists()

@@ -35,7 +35,7 @@ def test_pipeline_runs_then_caches_and_reruns_only_what_changed(reproduced_copy)
     set_param(root, "frontier.steps", 2)
     ran = repro(root, env)
     chain_and_after = {"frontier@toy-s0-L01", "frontier@toy-s0-L02", "export@toy-0", "quality@toy-0", "analysis@toy-0",
-                       "evaluate-semalign@toy-0"}
+                       "curve@toy-0", "evaluate-semalign@toy-0"}
     assert chain_and_after <= ran <= chain_and_after | {"report"}  # report only if a score moved
 
     set_param(root, "quality.batch_size", 2)

@@ -18,6 +18,7 @@ KEY_PARAMS = {"frontier.objective", "pairing.strategy", "fisher.top_k", "fisher.
 PLOTS = {"plots/quality/toy-s0.json", "plots/analysis/cka_before/toy-s0.json", "plots/analysis/cka_after/toy-s0.json",
          "plots/analysis/cka_heatmap/toy-s0.png", "plots/analysis/attribution/toy-s0.json",
          "plots/analysis/pairing/toy-s0.json", "plots/analysis/frontier_loss/toy-s0.json",
+         "plots/curve/toy-s0.json", "plots/curve_png/toy-s0.png",
          "plots/results.csv", "plots/results.png"}
 
 
