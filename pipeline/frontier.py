@@ -20,6 +20,7 @@ from pipeline.data import batches
 from pipeline.errors import PipelineError
 from pipeline.loading import torch_dtype
 from pipeline.objectives import check_objective, cosine_loss, fisher_loss, output_kl, relation_loss
+from pipeline.params import fisher_tau, section
 
 TRAINABLE = ("full", "lora")
 
@@ -32,7 +33,7 @@ class FrontierConfig:
     batch_size: int = 4
     grad_clip: float = 1.0
     weight_decay: float = 0.0
-    tau: float = 1.0
+    tau: float = 1.0  # fisher.tau, the temperature the fisher stage built p~ with (not a frontier key)
     tau_out: float = 1.0
     kl_every_stage: bool = False
     beta: float = 1.0
@@ -52,6 +53,35 @@ class FrontierConfig:
             raise PipelineError(f"frontier needs steps >= 0, batch_size >= 1, lr > 0 (got {self.steps}, "
                                 f"{self.batch_size}, {self.lr})", "fix the frontier block of params.yaml")
         torch_dtype(self.compute_dtype)
+        if not (self.tau > 0 and self.tau_out > 0):
+            raise PipelineError(f"temperatures must be > 0 (got fisher.tau {self.tau}, frontier.tau_out "
+                                f"{self.tau_out})", "fix them in params.yaml")
+
+
+def frontier_config(params: dict, seed: int) -> FrontierConfig:
+    """The frontier block of params.yaml as a FrontierConfig, for the run with ``seed``.
+
+    The surrogate's temperature is read from ``fisher.tau``: p~ (fisher stage) and the scaling
+    of d (here) must share it. A leftover ``frontier.tau`` is refused rather than ignored, so
+    an old params file cannot silently train with a temperature nobody set.
+    """
+    f = dict(section(params, "frontier"))
+    if "tau" in f:
+        raise PipelineError(f"params.yaml sets frontier.tau ({f['tau']!r}), which moved to fisher.tau: one "
+                            "temperature builds p~ (fisher stage) and scales d (frontier stages)",
+                            f"delete frontier.tau; if its value was meant, set fisher.tau to it "
+                            f"(now {params.get('fisher', {}).get('tau')!r})")
+    lora = f.pop("lora", {}) or {}
+    known = set(FrontierConfig.__dataclass_fields__) - {"tau", "seed"}
+    unknown = sorted(set(f) - known)
+    if unknown:
+        raise PipelineError(f"unknown frontier params {unknown}", f"use only {sorted(known)} (and lora:)")
+    cfg = FrontierConfig(**f, tau=fisher_tau(params), lora_r=lora.get("r", 16), lora_alpha=lora.get("alpha", 16),
+                         lora_dropout=lora.get("dropout", 0.05),
+                         lora_targets=list(lora.get("targets", FrontierConfig().lora_targets)),
+                         seed=seed)
+    cfg.validate()
+    return cfg
 
 
 @dataclass

@@ -12,7 +12,7 @@ from pipeline.artifacts import atomic_path, load_tensors, read_json, save_tensor
 from pipeline.errors import PipelineError
 from pipeline.loading import load_model, torch_dtype
 from pipeline.pairing import validate_pairing
-from pipeline.params import check_task, compute_dtype, load_params, section
+from pipeline.params import check_task, compute_dtype, fisher_tau, load_params, section
 from pipeline.runner import CostTag, run_stage
 from pipeline.supervision import aligned_state, fisher_stats, source_loader
 
@@ -21,7 +21,7 @@ def main() -> None:
     task = sys.argv[1]
     params = load_params()
     check_task(params, task)
-    cfg = section(params, "fisher")
+    cfg, tau = section(params, "fisher"), fisher_tau(params)
     pairing = read_json(layout.pairing_file(task), "the pair stage")
     validate_pairing(pairing)
     amap = load_tensors(layout.alignment_dir() / "map.safetensors", "the align stage")["map"]
@@ -35,10 +35,10 @@ def main() -> None:
         save_tensors(layout.layer_file(tmp, 0), {"aligned": align(load(0), amap).to(store)}, {"layer": 0})
         for k in tqdm(range(1, target.n_layers), desc=f"fisher {task}"):
             aligned = aligned_state(pairing, k, load, amap)
-            stats = fisher_stats(target, aligned, int(cfg["top_k"]), float(cfg["tau"]))
+            stats = fisher_stats(target, aligned, int(cfg["top_k"]), tau)
             save_tensors(layout.layer_file(tmp, k), {
                 "aligned": aligned.to(store), "topk_ids": stats.topk_ids, "topk_logits": stats.topk_logits,
-                "topk_probs": stats.topk_probs, "diag_mean": stats.diag_mean}, {"layer": k, "tau": cfg["tau"]})
+                "topk_probs": stats.topk_probs, "diag_mean": stats.diag_mean}, {"layer": k, "tau": tau})
 
 
 if __name__ == "__main__":

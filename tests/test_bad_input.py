@@ -182,3 +182,41 @@ def test_presets_apply_to_the_committed_params_and_keep_them_valid(tmp_path, pre
     check(after, wanted, before)
     chain = load_chain(tmp_path / "chain.yaml")
     check_chain(chain, after["tasks"], after["seeds"], 4)
+
+
+def test_old_params_with_frontier_tau_are_refused_naming_the_move():
+    """frontier.tau moved to fisher.tau (one temperature for p~ and for d). An old params file
+    that still sets it must fail with the move named, not train at a temperature the fisher
+    stage never used; the committed params give the frontier fisher.tau. Rejects a
+    frontier_config that accepts (or silently drops) the old key."""
+    from pipeline.frontier import frontier_config
+
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    assert "tau" not in params["frontier"]
+    params["fisher"]["tau"] = 0.5
+    assert frontier_config(params, seed=0).tau == 0.5
+    params["frontier"]["tau"] = 2.0
+    moved = r"(?s)frontier\.tau \(2\.0\).*moved to fisher\.tau.*fix: delete frontier\.tau"
+    with pytest.raises(PipelineError, match=moved):
+        frontier_config(params, seed=0)
+    params["frontier"].pop("tau")
+    params["fisher"]["tau"] = 0
+    with pytest.raises(PipelineError, match="fisher.tau must be a number > 0"):
+        frontier_config(params, seed=0)
+
+
+def test_frontier_refuses_fisher_statistics_built_at_another_temperature(tmp_path, monkeypatch):
+    """A fisher artifact records the tau it was built with; the frontier reads it only at the
+    same tau (a stale artifact from a run by hand would otherwise pair p~ at one tau with d at
+    another). Rejects a reader that ignores the recorded tau."""
+    from pipeline import layout
+    from stages.frontier import layer_targets
+
+    monkeypatch.chdir(tmp_path)
+    stats = {name: torch.zeros(3, 2) for name in ("topk_logits", "topk_probs", "aligned")}
+    save_tensors(layout.layer_file(layout.fisher_dir("toy"), 1), {**stats, "topk_ids": torch.zeros(3, 2).long()},
+                 {"layer": 1, "tau": 1.0})
+    assert layer_targets("toy", 1, False, 1.0).topk_ids.shape == (3, 2)
+    stale = r"(?s)built with tau 1\.0, params\.yaml's fisher\.tau is 2\.0.*dvc repro fisher@toy"
+    with pytest.raises(PipelineError, match=stale):
+        layer_targets("toy", 1, False, 2.0)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -16,6 +19,8 @@ from pipeline.loading import load_model, load_tokenizer
 from pipeline.pairing import pair_layers
 from pipeline.supervision import aligned_state, fisher_stats
 from pipeline.tasks import builder
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(params=["qwen2", "llama"])
@@ -181,3 +186,66 @@ def test_partial_load_of_a_tied_model_shares_the_embedding(tmp_path):
     full = ModelAdapter(load_model(str(tmp_path), "float32"))
     assert part.lm_head.data_ptr() == part.embedding.weight.data_ptr()
     assert torch.equal(part.lm_head, full.lm_head)
+
+
+
+def test_fisher_stage_and_frontier_share_one_temperature(tiny_pair, tmp_path, monkeypatch):
+    """tau != 1 end to end: the fisher stage script builds p~ at params' fisher.tau = 2; the
+    frontier stage's reader loads it and frontier_config and train_block (0 steps: the
+    objective before training) score block k. The source states are block k's own outputs
+    plus a small step (identity alignment map; the final norm ignores the 1/||h||), so the
+    surrogate must equal KL(p~ || softmax(z / tau)) over the full vocabulary (K = V).
+
+    Rejects (checked by patching) a frontier that scales d by a temperature of its own (the
+    old frontier.tau, 1.0: off by tau^2 = 4) and a fisher stage that builds p~ at tau 1.
+    The LM head is scaled up so that p~ is peaked and tau matters."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    from pipeline import layout
+    from pipeline.artifacts import load_tensors, save_tensors, write_json
+    from pipeline.fisher import kl_to
+    from pipeline.frontier import frontier_config
+    from stages.frontier import layer_targets
+
+    _, target = tiny_pair
+    tgt = ModelAdapter(load_model(str(target), "float32"))
+    with torch.no_grad():
+        tgt.lm_head.mul_(30)
+    tgt.model.save_pretrained(tmp_path / "models/target")
+    enc = encoded(target)
+    with torch.no_grad():
+        outs = tgt.run_blocks(embed_states(tgt, enc.input_ids), enc.attention_mask, 1, tgt.n_layers, collect=True)
+    torch.manual_seed(0)
+    source = tmp_path / layout.source_dir("toy") / "transfer"
+    for layer, h in enumerate([embed_states(tgt, enc.input_ids)] + outs):
+        h = h[enc.supervised].detach()
+        step = 0.01 * h.norm(dim=-1, keepdim=True) * torch.randn_like(h) / h.shape[-1] ** 0.5
+        save_tensors(layout.layer_file(source, layer), {"hidden": h + step})
+    n = tgt.n_layers
+    write_json(tmp_path / layout.pairing_file("toy"), {"strategy": "floor", "pairs": list(range(1, n + 1)),
+                                                      "n_source": n, "n_target": n})
+    save_tensors(tmp_path / layout.alignment_dir() / "map.safetensors", {"map": torch.eye(tgt.width)})
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["tasks"] = ["toy"]
+    params["models"]["compute_dtype"] = "float32"
+    params["extract"]["hidden_dtype"] = "float32"
+    params["fisher"].update(tau=2.0, top_k=tgt.vocab_size)
+    params["frontier"].update(steps=0, batch_size=16)  # one batch: the mean over all positions
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run = subprocess.run([sys.executable, "-m", "stages.fisher", "toy"], cwd=tmp_path, capture_output=True,
+                         text=True, env={**os.environ, "PYTHONPATH": str(ROOT), "TQDM_DISABLE": "1"})
+    assert run.returncode == 0, run.stderr
+
+    k = 2
+    monkeypatch.chdir(tmp_path)
+    cfg = frontier_config(params, seed=0)
+    targets = layer_targets("toy", k, False, cfg.tau)
+    result = train_block(tgt, k, States(outs[k - 2], enc.attention_mask, enc.supervised), targets, None, cfg,
+                         progress=False)
+    aligned = load_tensors(layout.layer_file(layout.fisher_dir("toy"), k))["aligned"]
+    with torch.no_grad():
+        kl = kl_to(tgt.logit_lens(aligned), tgt.logit_lens(outs[k - 1][enc.supervised]), 2.0).mean()
+    assert result.objective_before == pytest.approx(float(kl), rel=0.02)
