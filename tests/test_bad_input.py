@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -220,3 +221,49 @@ def test_frontier_refuses_fisher_statistics_built_at_another_temperature(tmp_pat
     stale = r"(?s)built with tau 1\.0, params\.yaml's fisher\.tau is 2\.0.*dvc repro fisher@toy"
     with pytest.raises(PipelineError, match=stale):
         layer_targets("toy", 1, False, 2.0)
+
+
+def swapped_vocab_copy(model_dir: Path, out: Path) -> Path:
+    """A copy of a tiny model whose tokenizer swaps the tokens of ids 100 and 101."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    shutil.copytree(model_dir, out)
+    vocab = build_tokenizer().get_vocab()
+    a, b = sorted(vocab, key=vocab.get)[100:102]
+    swapped = {**vocab, a: vocab[b], b: vocab[a]}
+    other = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel(swapped, unk_token=None)),
+                                    eos_token="<|im_end|>", pad_token="<|endoftext|>")
+    other.pre_tokenizer = pre_tokenizers.ByteLevel()
+    other.save_pretrained(out)
+    return out
+
+
+def test_vocab_stage_refuses_a_mismatched_pair_from_tokenizer_files_alone(tiny_pair, tmp_path, monkeypatch):
+    """The vocab stage, which extract and attribute wait for, names the first differing ids
+    of a pair whose tokenizers swap two tokens, and writes no record; it reads no weights
+    (the copies have none). Rejects a check that compares only vocabulary sizes, and one
+    that loads the models (checked by patching)."""
+    from pipeline import layout
+    from pipeline.loading import vocab_record
+    from stages import vocab
+
+    source, target = tiny_pair
+    models = tmp_path / "models"
+    shutil.copytree(source, models / "source", ignore=shutil.ignore_patterns("*.safetensors"))
+    swapped_vocab_copy(target, models / "target")
+    for weights in (models / "target").glob("*.safetensors"):
+        weights.unlink()
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(PipelineError, match=r"(?s)tokenizers differ: id 100: .* vs .*same family and tokenizer"):
+        vocab.main()
+    assert not layout.vocab_file().exists()
+
+    shutil.rmtree(models / "target")
+    shutil.copytree(target, models / "target", ignore=shutil.ignore_patterns("*.safetensors"))
+    vocab.main()
+    assert read_json(layout.vocab_file()) == vocab_record(load_tokenizer(str(target)), 320)
+    config = json.loads((models / "target/config.json").read_text())
+    (models / "target/config.json").write_text(json.dumps({**config, "vocab_size": 384}))
+    with pytest.raises(PipelineError, match="LM heads have 320 .source. vs 384 .target. rows"):
+        vocab.main()
