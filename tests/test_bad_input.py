@@ -19,7 +19,7 @@ from pipeline.params import seeds
 from pipeline.errors import PipelineError
 from pipeline.frontier import FrontierConfig, OutputTargets, States, train_block
 from pipeline.loading import check_same_vocab, load_model, load_tokenizer
-from pipeline.tiny import build_tokenizer
+from pipeline.tiny import build_tokenizer, swap_tokens
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -225,22 +225,6 @@ def test_frontier_refuses_fisher_statistics_built_at_another_temperature(tmp_pat
         layer_targets("toy", 1, False, 2.0)
 
 
-def swapped_vocab_copy(model_dir: Path, out: Path) -> Path:
-    """A copy of a tiny model whose tokenizer swaps the tokens of ids 100 and 101."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    shutil.copytree(model_dir, out)
-    vocab = build_tokenizer().get_vocab()
-    a, b = sorted(vocab, key=vocab.get)[100:102]
-    swapped = {**vocab, a: vocab[b], b: vocab[a]}
-    other = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel(swapped, unk_token=None)),
-                                    eos_token="<|im_end|>", pad_token="<|endoftext|>")
-    other.pre_tokenizer = pre_tokenizers.ByteLevel()
-    other.save_pretrained(out)
-    return out
-
-
 def test_vocab_stage_refuses_a_mismatched_pair_from_tokenizer_files_alone(tiny_pair, tmp_path, monkeypatch):
     """The vocab stage, which extract and attribute wait for, names the first differing ids
     of a pair whose tokenizers swap two tokens, and writes no record; it reads no weights
@@ -253,7 +237,7 @@ def test_vocab_stage_refuses_a_mismatched_pair_from_tokenizer_files_alone(tiny_p
     source, target = tiny_pair
     models = tmp_path / "models"
     shutil.copytree(source, models / "source", ignore=shutil.ignore_patterns("*.safetensors"))
-    swapped_vocab_copy(target, models / "target")
+    swap_tokens(target, models / "target")
     for weights in (models / "target").glob("*.safetensors"):
         weights.unlink()
     monkeypatch.chdir(tmp_path)
