@@ -25,6 +25,11 @@ def alignment_dir() -> Path:
     return ARTIFACTS / "alignment"
 
 
+def vocab_file() -> Path:
+    """The vocab stage's record that source and target share their token list."""
+    return ARTIFACTS / "vocab.json"
+
+
 def source_dir(task: str) -> Path:
     """Extraction output: one sub-directory per split (transfer, validation)."""
     return ARTIFACTS / task / "source"

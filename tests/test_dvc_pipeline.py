@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import yaml
-from dvc_project import repro, sh, write_params
+from dvc_project import RUNNING, repro, sh, write_params
 
 
 def set_param(root, dotted: str, value) -> None:
@@ -90,3 +90,24 @@ def test_comparison_runs_every_seed_of_every_method_and_reports_mean_std_and_cos
     assert "semalign (2 seeds)" in md and "sft (2 seeds)" in md and "cost: wall (min)" in md
     costs = {p.stem for p in (root / "metrics/cost/frontier").glob("*.json")}
     assert costs == {"toy-s0-L01", "toy-s0-L02", "toy-s1-L01", "toy-s1-L02"}
+
+
+def test_a_mismatched_vocabulary_stops_the_pipeline_before_any_source_pass(reproduced_copy, tmp_path):
+    """A source whose tokenizer swaps two ids: `dvc repro` fails at the vocab stage, naming
+    them, and the source passes (extract, attribute), whose inputs changed, do not run.
+    Rejects source passes that do not wait for the vocabulary check (DVC would run them
+    first: checked by removing artifacts/vocab.json from their deps)."""
+    import subprocess
+
+    from pipeline.tiny import swap_tokens
+
+    root, env, _ = reproduced_copy
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["models"]["source"] = str(swap_tokens(params["models"]["source"], tmp_path / "swapped"))
+    write_params(root, params, n_layers=2)
+    run = subprocess.run(["dvc", "repro", "extract@toy", "attribute@toy"], cwd=root, env=env, capture_output=True,
+                         text=True)
+    log = run.stdout + run.stderr
+    assert run.returncode != 0 and "tokenizers differ: id 100" in log, log
+    ran = set(RUNNING.findall(log))
+    assert "vocab" in ran and not {"extract@toy", "attribute@toy"} & ran, ran

@@ -167,12 +167,13 @@ def test_residual_interface_reads_the_block_contribution(tiny_pair):
 def test_block_numbers_from_the_end():
     """-n names the n-th block from the end, so a setting carries over to another depth;
     rejects an off-by-one (-1 must be the last block, -4 of 24 block 21)."""
+    from pipeline.chain import block_number
     from pipeline.frontier import FrontierConfig
 
     cfg = FrontierConfig(kl_from=-4, layer_from=-4)
     assert [k for k in range(1, 25) if cfg.has_output_kl(k, 24)] == [21, 22, 23, 24]
     assert [k for k in range(1, 25) if cfg.has_layer_objective(k, 24)] == [21, 22, 23]
-    assert FrontierConfig.first_block(-1, 32) == 32 and FrontierConfig.first_block(5, 32) == 5
+    assert block_number(-1, 32) == 32 and block_number(5, 32) == 5
     assert [k for k in range(1, 25) if FrontierConfig(kl_from=0).has_output_kl(k, 24)] == [24]
     assert not any(FrontierConfig(layer_weight=0.0).has_layer_objective(k, 24) for k in range(1, 25))
 
