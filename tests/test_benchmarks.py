@@ -72,13 +72,30 @@ def test_code_pass_at_1_runs_the_tests(tiny, monkeypatch, benchmark):
         f"```python\n{sig}\n    {wrong}\n```",  # wrong: fails
         f"```python\n{sig}\n    while True:\n        pass\n```",  # hangs: timeout, fails
     ])
-    sandbox = Sandbox(Limits(timeout_s=2, cpu_s=2, memory_mb=256))
+    # The hang meets the CPU limit first, by design, and the wall clock has room for a busy
+    # machine; either limit gives `timeout` (before, the CPU limit's SIGKILL read `killed`).
+    sandbox = Sandbox(Limits(timeout_s=10, cpu_s=2, memory_mb=256))
     result = evaluate(benchmark, model, tok, records, Settings(sandbox_workers=2), sandbox, progress=False)
     assert [s["correct"] for s in result.samples] == [True, True, False, False]
     assert result.metrics["pass_at_1"] == 50.0 and result.metrics["n"] == 4
     assert [s["verdict"]["status"] for s in result.samples] == ["passed", "passed", "failed", "timeout"]
     assert result.samples[1]["extracted"]["mode"] == "completion"
-    assert result.details["sandbox"]["isolation"] == sandbox.mode
+    assert result.details["sandbox"]["isolation"] == sandbox.mode == result.metrics["sandbox_isolation"]
+
+
+def test_code_verdicts_come_from_the_tests_not_the_exit_status(tiny, monkeypatch):
+    """A wrong answer that exits 0 before the tests is judged failed by the benchmark
+    protocol too (it used to run code + tests as one program and read its exit status:
+    checked, this sample was correct then). Extraction drops a bare ``sys.exit(0)``
+    statement, but not one inside an assignment."""
+    model, tok = tiny
+    records = [humaneval_record(0)]
+    sig = records[0]["meta"]["prompt"].splitlines()[0]
+    canned(monkeypatch, [f"```python\n{sig}\n    return a - b\n\nimport sys\n_ = sys.exit(0)\n```"])
+    sandbox = Sandbox(Limits(timeout_s=10, cpu_s=2, memory_mb=256))
+    result = evaluate("humaneval", model, tok, records, Settings(), sandbox, progress=False)
+    assert [s["correct"] for s in result.samples] == [False]
+    assert "before the tests ran" in result.samples[0]["verdict"]["reason"]
 
 
 def test_records_are_checked_before_any_work():
@@ -150,3 +167,4 @@ def test_evaluate_stage_reports_user_errors_before_loading(tmp_path, tiny_dir, m
     write_jsonl(tmp_path / "data/tasks/mmlu/evaluation.jsonl", [bad])
     assert stage.main(["tiny", "mmlu", "--model", str(tiny_dir)]) == 2
     assert "answer in A-D" in capsys.readouterr().err
+
