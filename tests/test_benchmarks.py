@@ -168,3 +168,32 @@ def test_evaluate_stage_reports_user_errors_before_loading(tmp_path, tiny_dir, m
     assert stage.main(["tiny", "mmlu", "--model", str(tiny_dir)]) == 2
     assert "answer in A-D" in capsys.readouterr().err
 
+
+def test_evaluate_stage_warns_on_a_fallback_and_can_require_kernel_isolation(tmp_path, tiny_dir, monkeypatch,
+                                                                             capsys):
+    """Where kernel isolation is unavailable (here: no unshare), ``isolation: namespaces``
+    stops the stage before any model is loaded, and ``auto`` runs it with a warning, the
+    mode in details.json and in the metrics, whence the results table takes it."""
+    import pipeline.sandbox as sandbox_module
+
+    stage = _stage_module()
+    monkeypatch.chdir(tmp_path)
+    real = sandbox_module._which
+    monkeypatch.setattr(sandbox_module, "_which", lambda name: None if name == "unshare" else real(name))
+    write_jsonl(tmp_path / "data/tasks/humaneval/evaluation.jsonl", [humaneval_record(0)])
+    params = {"evaluation": {"dtype": "float32", "benchmarks": {"humaneval": {"limit": 1, "max_new_tokens": 4}},
+                             "sandbox": {"timeout_s": 10, "isolation": "namespaces"}}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    with monkeypatch.context() as m:
+        m.setattr("pipeline.loading.load_model", lambda *a, **k: pytest.fail("model loaded before the sandbox check"))
+        assert stage.main(["tiny", "humaneval", "--model", str(tiny_dir), "--no-progress"]) == 2
+    assert "cannot run Python here" in capsys.readouterr().err
+    params["evaluation"]["sandbox"]["isolation"] = "auto"
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    assert stage.main(["tiny", "humaneval", "--model", str(tiny_dir), "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert "WARNING: code sandbox: isolation=process" in err and "isolation: namespaces" in err
+    metrics = json.loads((tmp_path / "metrics/eval/tiny/humaneval.json").read_text())["humaneval"]["tiny"]
+    details = json.loads((tmp_path / "artifacts/eval/tiny/humaneval/details.json").read_text())
+    assert metrics["sandbox_isolation"] == details["sandbox"]["isolation"] == "process"
+    assert details["sandbox"]["fallback_note"].startswith("fell back to process")
