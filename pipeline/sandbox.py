@@ -183,7 +183,7 @@ def _wrapper(mode: str, limits: Limits, python: Interpreter, stage: Path) -> lis
 
     ``stage`` is an empty directory the evaluator can reach: the private /tmp is mounted there
     first, the interpreter is bound into it while its host path is still visible (it may lie
-    under the host's /tmp, or where ``nobody`` cannot go), and then the mount moves to /tmp.
+    under the host's /tmp, or where ``nobody`` cannot go), and then it is bound over /tmp.
     """
     if mode == "process":
         return []
@@ -197,7 +197,9 @@ def _wrapper(mode: str, limits: Limits, python: Interpreter, stage: Path) -> lis
     if python.inside.startswith(_INNER_PYTHON + "/"):
         inner = q(f"{stage}/{Path(_INNER_PYTHON).name}")
         steps += [f"{mkdir} -m 755 {inner}", f"{mount} --bind -o ro,nosuid,nodev {q(python.prefix)} {inner}"]
-    steps.append(f"{mount} --move {q(str(stage))} /tmp")
+    # --rbind rather than --move: inside a user namespace (the non-root mode) moving the
+    # staged mount is refused (EPERM, util-linux 2.38), a recursive bind is not.
+    steps.append(f"{mount} --rbind {q(str(stage))} /tmp")
     steps += [f"{{ [ ! -d {d} ] || {mount} -t tmpfs -o {tmpfs} sandbox {d}; }}" for d in _PRIVATE_DIRS[1:]]
     drop = [setpriv, "--no-new-privs", "--inh-caps=-all", "--bounding-set=-all"]
     ns = [unshare, "--mount", "--net", "--pid", "--ipc", "--uts", "--fork", "--kill-child", "--mount-proc"]
