@@ -296,7 +296,8 @@ FORGERIES = {  # name: (code, tests, fools the old exit-status verdict)
                                      "def solve(xs):\n    return Anything()\n", TESTS, True),
     "a list subclass equal to everything": ("class Anything(list):\n    def __eq__(self, other):\n        return True\n"
                                             "def solve(xs):\n    return Anything()\n", TESTS, True),
-    # Not a forgery of the old verdict: a program that writes into the pipes of the new one.
+    # Not a forgery of the old verdict: a program that writes into the pipes of the new one
+    # (checked: with the tests side not recording that the program broke the protocol, it passed).
     "garbage on the call pipes": (WRONG + "import os\nfor fd in range(3, 64):\n    try:\n"
                                   "        os.write(fd, b'{\"ready\": 1}\\n\\xff\\n')\n    except OSError:\n"
                                   "        pass\n", TESTS, False),
@@ -322,7 +323,8 @@ def test_tests_see_the_programs_callables_and_plain_values(box):
     """What a correct program may rely on still works across the two processes: helpers the
     tests call (HumanEval/38 calls encode_cyclic), an entry point named like a builtin (MBPP
     has ``sum``), subclasses of built-in types compared as their content, exceptions the
-    tests expect, and values of every plain type."""
+    tests expect, and values of every plain type. Checked: with builtin-named callables
+    never bound for the tests (a first version of the harness), it fails."""
     code = ("import collections\n"
             "def shift(s):\n    return s[1:] + s[:1]\n"
             "def sum(a, b):\n    return a * b\n"
@@ -351,7 +353,8 @@ def test_tests_see_the_programs_callables_and_plain_values(box):
 
 
 def test_codec_rebuilds_plain_values_and_refuses_the_rest():
-    """The data the tests receive: built-in types only, whatever the program sent."""
+    """The data the tests receive: built-in types only, whatever the program sent. Checked: an
+    encoder that iterates a list subclass through its own ``__iter__`` fails it."""
     from pipeline.sandbox_harness import Opaque, decode, encode
 
     class Sneaky(int):
@@ -419,7 +422,8 @@ def test_a_hanging_program_is_a_timeout_whichever_limit_fires(hang, setting):
 # --- Where kernel isolation is unavailable: loud fallback, or a refusal -------------------
 @pytest.mark.parametrize("broken", ["no unshare", "unshare fails"])
 def test_without_kernel_isolation_auto_falls_back_loudly_and_namespaces_refuses(monkeypatch, broken):
-    """``auto`` falls back to ``process`` and says why; ``namespaces`` fails instead."""
+    """``auto`` falls back to ``process`` and says why; ``namespaces`` fails instead.
+    Checked: with ``namespaces`` allowed to fall back like ``auto``, it fails."""
     import pipeline.sandbox as sandbox_module
 
     real = sandbox_module._which
