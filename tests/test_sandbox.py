@@ -445,6 +445,17 @@ def _kernel_mode() -> str:
         pytest.skip(f"no kernel isolation on this host: {exc.problem}")
 
 
+def test_the_probe_has_its_own_wall_clock():
+    """A busy machine must not cost the kernel isolation: the probe gets a minute, not the
+    programs' ``timeout_s`` (here 10 ms, which no probe meets). Checked: with the probe held
+    to ``timeout_s`` both probes time out and no sandbox can be made; at load 8 the hang
+    test's sandbox (1.5 s) lost its kernel isolation that way."""
+    mode = _kernel_mode()
+    box = Sandbox(Limits(timeout_s=0.01), isolation="auto")
+    assert box.mode == mode and not box.fallback_note
+    assert box.run("print('x')\n").status == "timeout"  # the programs' own wall clock is unchanged
+
+
 def test_programs_run_on_the_evaluators_interpreter(box):
     """The sandbox runs this very interpreter (its base installation, bound read-only into the
     namespace), not whatever answers to its path as ``nobody``. Failed before on the machine
