@@ -28,6 +28,7 @@ import json
 import os
 import sys
 import traceback
+from typing import BinaryIO, NoReturn, Optional
 
 _MAX_DEPTH = 100  # nesting of a value crossing between the processes
 _MAX_LINE = 8 * 2**20  # bytes of one message
@@ -39,10 +40,10 @@ class Opaque:
 
     __slots__ = ("type_name", "text")
 
-    def __init__(self, type_name, text):
+    def __init__(self, type_name: str, text: str) -> None:
         self.type_name, self.text = type_name, text
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"<{self.type_name} from the program: {self.text}>"
 
 
@@ -55,14 +56,14 @@ class ProgramRaised(Exception):
     """The program's function raised something that is not a built-in exception type."""
 
 
-def _opaque_text(value):
+def _opaque_text(value: object) -> str:
     try:
         return repr(value)[:200]
     except BaseException:  # the object's own __repr__ may fail on purpose
         return "?"
 
 
-def encode(value, strict=False, depth=0):
+def encode(value: object, strict: bool = False, depth: int = 0) -> object:
     """A JSON-able form of a plain value. Unsupported types become ``["O", type, repr]``
     (``strict``: a TypeError instead; the tests side never sends what it cannot)."""
     if depth > _MAX_DEPTH:
@@ -103,7 +104,7 @@ def encode(value, strict=False, depth=0):
     return ["O", type(value).__name__, _opaque_text(value)]
 
 
-def decode(data, depth=0):
+def decode(data: object, depth: int = 0) -> object:
     """The value ``encode`` described, built from built-in types only; ValueError on
     anything else (a hostile program may send any bytes)."""
     if depth > _MAX_DEPTH:
@@ -134,12 +135,12 @@ def decode(data, depth=0):
     return kinds[tag](decode(v, nested) for v in items)
 
 
-def _send(stream, message):
+def _send(stream: BinaryIO, message: dict) -> None:
     stream.write(json.dumps(message).encode() + b"\n")
     stream.flush()
 
 
-def _receive(stream):
+def _receive(stream: BinaryIO) -> Optional[dict]:
     """One message, or None at end of stream; ValueError if it is not one."""
     line = stream.readline(_MAX_LINE + 1)
     if not line:
@@ -152,7 +153,7 @@ def _receive(stream):
     return message
 
 
-def serve(namespace, requests, replies):
+def serve(namespace: dict, requests: BinaryIO, replies: BinaryIO) -> None:
     """The program side: announce the callables, then answer calls until the tests end."""
     names = sorted(n for n, v in namespace.items() if isinstance(n, str) and not n.startswith("__") and callable(v))
     _send(replies, {"ready": names})
@@ -173,29 +174,29 @@ def serve(namespace, requests, replies):
 class _Remote:
     """Stands in the tests' namespace for one of the program's callables."""
 
-    def __init__(self, name, channel):
+    def __init__(self, name: str, channel: "_Channel") -> None:
         self.__name__ = self.__qualname__ = name
         self._channel = channel
 
-    def __call__(self, *args, **kwargs):
+    def __call__(self, *args: object, **kwargs: object) -> object:
         return self._channel.call(self.__name__, args, kwargs)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"<program's {self.__name__}>"
 
 
 class _Channel:
     """The tests side of the two pipes; remembers if the program ended."""
 
-    def __init__(self, replies, requests):
+    def __init__(self, replies: BinaryIO, requests: BinaryIO) -> None:
         self.replies, self.requests = replies, requests
         self.ended = ""
 
-    def end(self, why):
+    def end(self, why: str) -> NoReturn:
         self.ended = self.ended or why
         raise ProgramEnded(self.ended)
 
-    def receive(self, during):
+    def receive(self, during: str) -> dict:
         try:
             message = _receive(self.replies)
         except Exception as exc:  # anything a hostile program sends: not a value, not a pass
@@ -204,7 +205,7 @@ class _Channel:
             self.end(f"the program ended {during}")
         return message
 
-    def call(self, name, args, kwargs):
+    def call(self, name: str, args: tuple, kwargs: dict) -> object:
         if self.ended:
             raise ProgramEnded(self.ended)
         request = {"call": name, "args": encode(args, strict=True), "kwargs": encode(kwargs, strict=True)}
@@ -226,13 +227,13 @@ class _Channel:
         raise ProgramRaised(f"{kind}: {text}")
 
 
-def _last_line(exc):
+def _last_line(exc: BaseException) -> str:
     """``Type: message``, as the last line of the exception's traceback reads."""
     message = str(exc)
     return (f"{type(exc).__name__}: {message}" if message else type(exc).__name__)[:300]
 
 
-def run_tests(source, replies_fd, requests_fd, entry_point):
+def run_tests(source: str, replies_fd: int, requests_fd: int, entry_point: str) -> None:
     """The tests side: wait for the program's callables, run the tests, report on fd 1.
 
     A callable named like a builtin is bound only if it is the entry point (MBPP has one
@@ -260,7 +261,7 @@ def run_tests(source, replies_fd, requests_fd, entry_point):
     print(json.dumps(verdict or {"outcome": "passed"}), file=verdict_out, flush=True)
 
 
-def main():
+def main() -> None:
     import runpy  # imported before the guard so the runner's own imports are not audited
 
     role, guard = sys.argv[1], sys.argv[2] == "1"
