@@ -2,7 +2,9 @@
 
 Rows are models, columns the four benchmarks' headline numbers (percent), their mean, and
 the mean absolute gap to the source model, the paper's headline quantity ("SemAlign ends
-up closest to the source"). Each benchmark cell keeps its n and 95% interval.
+up closest to the source"). Each benchmark cell keeps its n and 95% interval. The code
+benchmarks' sandbox isolation (``sandbox_isolation`` in their metrics) is a column of the
+CSV and a note under the Markdown table, flagged where it was not kernel isolation.
 
 Seeds: model keys ``<name>-s<k>`` (e.g. ``semalign-s1``, ``semalign-s2``) are runs of one
 method. Their row shows mean ± sample std over runs; the mean and the gap are computed per
@@ -55,7 +57,8 @@ def collect(metrics_dir: str | Path) -> pd.DataFrame:
             for model, m in per_model.items():
                 key = PRIMARY[bench]
                 rows.append({"model": model, "benchmark": bench, "score": m[key],
-                             "ci95_low": m[f"{key}_ci95_low"], "ci95_high": m[f"{key}_ci95_high"], "n": m["n"]})
+                             "ci95_low": m[f"{key}_ci95_low"], "ci95_high": m[f"{key}_ci95_high"], "n": m["n"],
+                             "isolation": m.get("sandbox_isolation", "")})
     if not rows:
         raise PipelineError(f"no evaluation metrics under {metrics_dir}",
                             "run the evaluate stages first (`dvc repro`)")
@@ -158,8 +161,26 @@ def table(long: pd.DataFrame, source: str, preferred: Sequence[str] = (),
             mean, std = mean_std(vals) if vals else (math.nan, math.nan)
             row.update({col: mean, f"{col}_std": std if len(vals) > 1 else math.nan})
         row.update(_cost_columns(per_method, group, members))
+        modes = long.loc[long["model"].isin(members), "isolation"] if "isolation" in long else []
+        row["sandbox"] = ", ".join(sorted({m for m in modes if m}))
         out.append(row)
     return pd.DataFrame(out)
+
+
+def sandbox_note(tab: pd.DataFrame) -> list[str]:
+    """The code sandbox's isolation under the table; judging without kernel isolation is flagged."""
+    modes: dict[str, list[str]] = {}
+    for _, row in tab.iterrows():
+        for mode in filter(None, str(row.get("sandbox") or "").split(", ")):
+            modes.setdefault(mode, []).append(row["model"])
+    if not modes:
+        return []
+    lines = ["code sandbox isolation (HumanEval, MBPP): " + "; ".join(
+        f"`{mode}` for {', '.join(models)}" for mode, models in sorted(modes.items())) + "."]
+    if "process" in modes:
+        lines.append(f"**Warning**: {', '.join(modes['process'])} had generated code judged without kernel "
+                     "isolation (`process`: resource limits and the in-process guard only).")
+    return lines
 
 
 def _cost_columns(per_method: pd.DataFrame | None, group: str, members: list[str]) -> dict:
@@ -218,6 +239,7 @@ def markdown(tab: pd.DataFrame, source: str) -> str:
     ]
     if tab[benches].isna().any().any():
         notes.append("– = not evaluated; means and gaps then use the benchmarks available.")
+    notes += sandbox_note(tab)
     return "\n".join(lines + notes) + "\n"
 
 

@@ -138,3 +138,24 @@ def test_cost_columns_sum_a_methods_stages_per_seed(tmp_path):
     assert math.isnan(tab.loc["source", "wall_min"])
     md = markdown(tab.reset_index(), "source")
     assert "cost: wall (min)" in md and "| 7.00 ± 0.47 | 10.74 ± 0.00 |" in md
+
+
+def test_the_table_carries_the_code_sandbox_isolation(tmp_path):
+    """Each code-benchmark score says which sandbox isolation judged it (from its metrics), and
+    a run judged without kernel isolation is flagged under the table. Fails on a report that
+    drops ``sandbox_isolation``: no column, no note."""
+    for model, modes in (("source", ("namespaces+nobody", "namespaces+nobody")),
+                         ("semalign-s0", ("namespaces+nobody", "process"))):
+        write_metrics(tmp_path, model, (50.0, 20.0, 18.0, 19.0))
+        for bench, mode in zip(("humaneval", "mbpp"), modes):
+            path = tmp_path / model / f"{bench}.json"
+            record = json.loads(path.read_text())
+            record[bench][model]["sandbox_isolation"] = mode
+            path.write_text(json.dumps(record))
+    tab = table(collect(tmp_path), "source")
+    assert dict(zip(tab["model"], tab["sandbox"])) == {"source": "namespaces+nobody",
+                                                       "semalign": "namespaces+nobody, process"}
+    md = markdown(tab, "source")
+    assert "code sandbox isolation (HumanEval, MBPP): `namespaces+nobody` for source, semalign; " \
+           "`process` for semalign." in md
+    assert "**Warning**: semalign had generated code judged without kernel isolation" in md
