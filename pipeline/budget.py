@@ -6,8 +6,8 @@ paper settings apply where its paper gives them (SEEKING's 32 seed examples, LaT
 extract/align sizes and 16 sequences per step), capped by the splits that exist.
 
 - SemAlign trains each target block alone for ``frontier.steps`` steps of
-  ``frontier.batch_size`` examples (full batches, cycling through fresh shuffles), so each
-  trained block sees ``steps * batch / N`` passes; a block without any objective
+  ``frontier.batch_size`` examples (full batches, cycling through fresh shuffles; all N when
+  N < batch), so each trained block sees ``steps * batch / N`` passes; a block without any objective
   (``FrontierConfig.trains``) trains 0 steps. Its examples seen and optimizer steps are
   summed over the trained blocks (each block has its own optimizer; one block's forward is
   about 1/L of the model's).
@@ -68,7 +68,8 @@ def semalign(params: dict, task: str, n_layers: int) -> Budget:
     n = split_sizes(params, task)["transfer"]
     cfg = frontier_config(params, seed=0)
     trained = sum(cfg.trains(k, n_layers) for k in range(1, n_layers + 1))
-    per_block = cfg.steps * cfg.batch_size
+    # train_block tops a step up with one shuffle of the N examples: a step holds min(batch, N)
+    per_block = cfg.steps * min(cfg.batch_size, n)
     return Budget("semalign", task, examples_used=n, examples_seen=trained * per_block,
                   optimizer_steps=trained * cfg.steps, passes=per_block / n if trained else 0.0,
                   batch_size=cfg.batch_size, extra={"trained_blocks": trained, "steps_per_block": cfg.steps})
@@ -134,13 +135,29 @@ def enabled(params: dict) -> dict[str, list[str]]:
     return {"semalign": tasks, **{m: [t for t in (switched.get(m) or []) if t in tasks] for m in BASELINES}}
 
 
+def chain_depths(chain: dict) -> dict[str, int]:
+    """Target depth per task: the deepest block of its frontier chain (chain.yaml)."""
+    from pipeline.chain import parse_key
+
+    depths: dict[str, int] = {}
+    for key in chain:
+        task, _, layer = parse_key(key)
+        depths[task] = max(depths.get(task, 0), layer)
+    return depths
+
+
 def run_budgets(params: dict, n_layers: dict[str, int]) -> list[Budget]:
     """The budget of every (method, task) the pipeline runs; ``n_layers``: target depth per task
     (from the chain)."""
+    missing = sorted(set(params.get("tasks") or []) - set(n_layers))
+    if missing:
+        raise PipelineError(f"the frontier chain has no blocks for the tasks {missing}",
+                            "run `python -m pipeline.chain` to rewrite chain.yaml for params.yaml's tasks")
+    runs = enabled(params)
     out = []
-    for method, tasks in enabled(params).items():
-        for task in tasks:
-            out.append(semalign(params, task, n_layers[task]) if method == "semalign" else baseline(params, method, task))
+    for task in params.get("tasks") or []:  # task by task, SemAlign first: the order of the budget table
+        out += [semalign(params, task, n_layers[task]) if method == "semalign" else baseline(params, method, task)
+                for method, tasks in runs.items() if task in tasks]
     return out
 
 

@@ -63,7 +63,8 @@ def test_budget_numbers_match_a_hand_count():
     (assuming full batches gives 24 and 4).
     KD, max_steps 4 over one epoch: 4 steps (the old cap gave 2), 12 seen, 2 passes.
     SEEKING: seeds capped by the transfer split (6 of 32). LaTen: align capped to 6, extract to
-    the attribution split's 3; 5 steps of all 6 = 30 seen, 5 passes."""
+    the attribution split's 3; 5 steps of all 6 = 30 seen, 5 passes. With 3 transfer examples
+    a SemAlign step sees 3, not the batch's 4 (frontier.train_block takes what one shuffle has)."""
     params = small_params()
     got = {b.method: b for b in budget.task_budgets(params, "toy", n_layers=4)}
     s = got["semalign"]
@@ -71,6 +72,8 @@ def test_budget_numbers_match_a_hand_count():
     assert (got["sft"].optimizer_steps, got["sft"].examples_seen, got["sft"].passes) == (6, 18, 3.0)
     assert (got["kd"].optimizer_steps, got["kd"].examples_seen, got["kd"].passes) == (4, 12, 2.0)
     assert got["seeking"].extra == {"seed_examples": 6} and got["seeking"].capped
+    params["tasks_config"]["toy"]["transfer"] = 3  # fewer than a batch: SemAlign's steps take all 3
+    assert budget.semalign(params, "toy", 4).examples_seen == 3 * 3 * 3
     lat = got["laten"]
     assert (lat.examples_used, lat.optimizer_steps, lat.examples_seen, lat.passes) == (6, 5, 30, 5.0)
     assert lat.extra == {"extract_examples": 3} and len(lat.capped) == 2
