@@ -51,6 +51,13 @@ REQUIRED_META = {
 LETTERS = "ABCD"
 
 
+def primary_verdict(benchmark: str, sample: dict[str, Any]) -> bool:
+    """Whether one samples.jsonl record counts as right for the benchmark's headline metric
+    (``PRIMARY``): GSM8K-style records carry both answer extractions, the headline is "flexible"."""
+    correct = sample["correct"]
+    return bool(correct["flexible"] if isinstance(correct, dict) else correct)
+
+
 @dataclass
 class Settings:
     """One benchmark's evaluation settings (its block of ``evaluation`` in params.yaml)."""

@@ -90,6 +90,16 @@ def quality_plot(run: str) -> Path:
     return PLOTS / "quality" / f"{run}.json"
 
 
+def heldout_metrics(model_key: str, task: str) -> Path:
+    """Held-out KL and top-1 of one model on one task's validation split (means, counts)."""
+    return METRICS / "heldout" / model_key / f"{task}.json"
+
+
+def heldout_examples(model_key: str, task: str) -> Path:
+    """The same per validation example, for paired comparisons in the report."""
+    return ARTIFACTS / "heldout" / model_key / f"{task}.json"
+
+
 def curve_metrics(run: str) -> Path:
     return METRICS / "curve" / f"{run}.json"
 
