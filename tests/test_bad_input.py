@@ -219,10 +219,10 @@ def test_frontier_refuses_fisher_statistics_built_at_another_temperature(tmp_pat
     stats = {name: torch.zeros(3, 2) for name in ("topk_logits", "topk_probs", "aligned")}
     save_tensors(layout.layer_file(layout.fisher_dir("toy"), 1), {**stats, "topk_ids": torch.zeros(3, 2).long()},
                  {"layer": 1, "tau": 1.0})
-    assert layer_targets("toy", 1, False, 1.0).topk_ids.shape == (3, 2)
+    assert layer_targets("toy", 1, 1.0).topk_ids.shape == (3, 2)
     stale = r"(?s)built with tau 1\.0, params\.yaml's fisher\.tau is 2\.0.*dvc repro fisher@toy"
     with pytest.raises(PipelineError, match=stale):
-        layer_targets("toy", 1, False, 2.0)
+        layer_targets("toy", 1, 2.0)
 
 
 def test_vocab_stage_refuses_a_mismatched_pair_from_tokenizer_files_alone(tiny_pair, tmp_path, monkeypatch):

@@ -426,7 +426,7 @@ def test_fisher_stage_and_frontier_share_one_temperature(tiny_pair, tmp_path, mo
 
     k = 2
     cfg = frontier_config(params, seed=0)
-    targets = layer_targets("toy", k, False, cfg.tau)
+    targets = layer_targets("toy", k, cfg.tau)
     result = train_block(tgt, k, States(outs[k - 2], enc.attention_mask, enc.supervised), targets, None, cfg,
                          progress=False)
     aligned = load_tensors(layout.layer_file(layout.fisher_dir("toy"), k))["aligned"]
