@@ -6,7 +6,7 @@ held-out metrics of the curve stage: untouched and transferred KL(source || mode
 change with its paired 95 % interval, and top-1 agreement. Writes CSV, JSON and Markdown
 tables and a plot of the KL change per experiment.
 
-    python -m pipeline.ablations --out results/ablations [--task gsm8k --seed 0 --rev COMMIT]
+    python -m pipeline.ablations --out results/ablations [--task gsm8k --seed 0 --rev COMMIT ...]
 """
 
 from __future__ import annotations
@@ -28,9 +28,11 @@ METRICS = ("untouched.kl", "untouched.top1", "transferred.kl", "transferred.kl_d
            "transferred.top1_diff", "transferred.top1_diff_low", "transferred.top1_diff_high")
 
 
-def exp_show_csv(rev: str | None = None) -> pd.DataFrame:
-    """The experiments derived from ``rev`` (default: HEAD) as a flat table."""
-    cmd = ["dvc", "exp", "show", "--csv", "--hide-queued", "--hide-failed"] + (["--rev", rev] if rev else [])
+def exp_show_csv(revs: list[str] | None = None) -> pd.DataFrame:
+    """The experiments derived from ``revs`` (default: HEAD) as a flat table."""
+    cmd = ["dvc", "exp", "show", "--csv", "--hide-queued", "--hide-failed"]
+    for rev in revs or []:
+        cmd += ["--rev", rev]
     out = subprocess.run(cmd, capture_output=True, text=True)
     if out.returncode != 0:
         raise PipelineError(f"`dvc exp show` failed: {out.stderr.strip()[-300:]}", "run this in the project root")
@@ -58,6 +60,10 @@ def table(frame: pd.DataFrame, run: str) -> pd.DataFrame:
     if commit.empty:
         raise PipelineError("the experiments table has no baseline row", "commit the workspace before the sweep")
     base = commit.iloc[-1]
+    differ = [c for c in params if commit[c].astype(str).nunique() > 1]
+    if differ:
+        raise PipelineError(f"the commits given differ in {differ}: their experiments are not one sweep",
+                            "pass --rev only for commits with the same params")
     rows = frame[frame["typ"].isin(["baseline", "branch_commit", "branch_base"])] if "typ" in frame.columns else frame
     records = []
     for _, row in rows.iterrows():
@@ -68,6 +74,7 @@ def table(frame: pd.DataFrame, run: str) -> pd.DataFrame:
             rec[m] = float(value) if pd.notna(value) and value != "-" else None
         records.append(rec)
     out = pd.DataFrame(records).dropna(subset=["transferred.kl"])
+    out = pd.concat([out[out["changed"] == "baseline"].head(1), out[out["changed"] != "baseline"]])
     return out.sort_values("changed", key=lambda s: s != "baseline", kind="stable").reset_index(drop=True)
 
 
@@ -112,7 +119,8 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("results/ablations"))
     ap.add_argument("--task", default="gsm8k")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--rev", help="the commit the sweep was queued from (default: HEAD)")
+    ap.add_argument("--rev", action="append", help="a commit the sweep was queued from (default: HEAD; repeat "
+                    "for a sweep queued from several commits with the same params)")
     args = ap.parse_args()
     df = table(exp_show_csv(args.rev), f"{args.task}-s{args.seed}")
     args.out.mkdir(parents=True, exist_ok=True)

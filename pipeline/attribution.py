@@ -73,7 +73,3 @@ def layer_scores(adapter: ModelAdapter, encoded: EncodedSplit, batch_size: int,
             p.requires_grad_(True)
     return (totals / len(encoded.ids)).tolist()
 
-
-def critical_layers(scores: list[float], n: int) -> list[int]:
-    """The n highest-scoring source layers (1-based), best first."""
-    return sorted(range(1, len(scores) + 1), key=lambda l: -abs(scores[l - 1]))[:n]

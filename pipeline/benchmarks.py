@@ -14,7 +14,9 @@ benchmark:
   "flexible" (last number) and "strict" ("The answer is N" / "#### N"); the flexible one
   is the headline number.
 * ``humaneval`` / ``mbpp``: pass@1 of the greedy answer; the program (see
-  :mod:`pipeline.extraction`) runs against the tests in :mod:`pipeline.sandbox`.
+  :mod:`pipeline.extraction`) is judged by the benchmark's tests with
+  :meth:`pipeline.sandbox.Sandbox.check` (the tests run in a process of their own, so a
+  program cannot forge a pass). The metrics carry the sandbox's isolation mode.
 
 Every number comes with n and a Wilson 95% interval; every sample's prompt, output,
 extracted answer and verdict is returned for samples.jsonl.
@@ -29,8 +31,8 @@ from typing import Any, Sequence
 
 from pipeline.data import render_prompt
 from pipeline.errors import PipelineError
-from pipeline.extraction import extract_code, gsm8k_flexible, gsm8k_strict, humaneval_program, mbpp_program, \
-    normalize_number
+from pipeline.extraction import extract_code, gsm8k_flexible, gsm8k_strict, humaneval_program, humaneval_tests, \
+    mbpp_program, normalize_number
 from pipeline.generation import GenerationRun, generate
 from pipeline.multiple_choice import choice_logprobs
 from pipeline.stats import proportion
@@ -47,6 +49,13 @@ REQUIRED_META = {
     "mbpp": ("name", "prompt", "tests", "entry_point"),
 }
 LETTERS = "ABCD"
+
+
+def primary_verdict(benchmark: str, sample: dict[str, Any]) -> bool:
+    """Whether one samples.jsonl record counts as right for the benchmark's headline metric
+    (``PRIMARY``): GSM8K-style records carry both answer extractions, the headline is "flexible"."""
+    correct = sample["correct"]
+    return bool(correct["flexible"] if isinstance(correct, dict) else correct)
 
 
 @dataclass
@@ -172,18 +181,21 @@ def evaluate_code(benchmark: str, model, tokenizer, records, settings: Settings,
     prompts = _prompts(tokenizer, records)
     run = generate(model, tokenizer, prompts, settings.max_new_tokens, settings.batch_size, settings.stop,
                    settings.stop_after_code_block, settings.max_prompt_tokens, progress, desc=benchmark)
-    extracted, programs = [], []
+    extracted, programs, cases = [], [], []
     for r, g in zip(records, run.outputs):
         meta = _meta(r)
         code = extract_code(g.text, meta["prompt"], meta["entry_point"])
         extracted.append(code)
+        # The whole program is kept for audits; the verdict runs code and tests apart.
         programs.append(humaneval_program(code.code, meta["test"], meta["entry_point"]) if benchmark == "humaneval"
                         else mbpp_program(code.code, meta["tests"]))
+        tests = humaneval_tests(meta["test"], meta["entry_point"]) if benchmark == "humaneval" else meta["tests"]
+        cases.append((code.code, tests, meta["entry_point"]))
     verdicts = []
-    with tqdm(total=len(programs), desc=f"{benchmark} tests", unit="program", disable=not progress) as bar:
-        for i in range(0, len(programs), max(1, settings.sandbox_workers)):
-            chunk = programs[i: i + max(1, settings.sandbox_workers)]
-            verdicts.extend(sandbox.run_many(chunk, workers=settings.sandbox_workers))
+    with tqdm(total=len(cases), desc=f"{benchmark} tests", unit="program", disable=not progress) as bar:
+        for i in range(0, len(cases), max(1, settings.sandbox_workers)):
+            chunk = cases[i: i + max(1, settings.sandbox_workers)]
+            verdicts.extend(sandbox.check_many(chunk, workers=settings.sandbox_workers))
             bar.update(len(chunk))
     samples = []
     for r, prompt, g, code, program, v in zip(records, prompts, run.outputs, extracted, programs, verdicts):
@@ -198,7 +210,8 @@ def evaluate_code(benchmark: str, model, tokenizer, records, settings: Settings,
     statuses: dict[str, int] = defaultdict(int)
     for v in verdicts:
         statuses[v.status] += 1
-    metrics = {**proportion(k, len(samples), "pass_at_1"), "n": len(samples)}
+    # The isolation travels with the score, so the results table can show what ran it.
+    metrics = {**proportion(k, len(samples), "pass_at_1"), "n": len(samples), "sandbox_isolation": sandbox.mode}
     return Evaluation(metrics, samples, {"generation": _gen_details(run), "sandbox": sandbox.describe(),
                                          "verdicts": dict(statuses)})
 

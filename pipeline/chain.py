@@ -15,7 +15,7 @@ import argparse
 import json
 import re
 from pathlib import Path
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import yaml
 
@@ -45,6 +45,12 @@ def stage_subdir(stage_key: str) -> str:
     for a block (one directory per seed), ``mmlu-L00`` for the shared embedding."""
     seed = parse_key(stage_key).seed
     return stage_key if seed is None else f"s{seed}/{stage_key}"
+
+
+def block_number(value: int, n_layers: int) -> int:
+    """A block number as params.yaml writes it: k >= 1 is block k, -n the n-th from the end
+    (so a setting carries over to targets of another depth)."""
+    return n_layers + value + 1 if value < 0 else value
 
 
 def build_chain(tasks: list[str], n_layers: int, seeds: list[int]) -> dict[str, dict]:
@@ -106,17 +112,18 @@ def check_chain(chain: dict, tasks: list[str], seeds: list[int], n_layers: int |
         raise PipelineError(f"chain lacks the runs (task, seed) {sorted(missing)}", fix)
 
 
-def target_depth(target: str, models_dir: Path = Path("models/target")) -> int:
-    """Depth of the target: from its materialised config, a local dir, or the offline registry."""
+KnownDepth = Callable[[str], int | None]  # an offline spec's depth (pipeline.materialize.known_depth)
+
+
+def target_depth(target: str, models_dir: Path = Path("models/target"), known: KnownDepth | None = None) -> int:
+    """Depth of the target: from its materialised config, a local dir, or ``known`` (the
+    offline registry, passed in by the commands: importing it here would make every stage,
+    through layout, depend on pipeline/materialize.py)."""
     for d in (models_dir, Path(target)):
         cfg = d / "config.json"
         if cfg.is_file():
             return int(json.loads(cfg.read_text())["num_hidden_layers"])
-    try:
-        from pipeline.materialize import known_depth  # offline specs know their depth
-        depth = known_depth(target)
-    except ImportError:
-        depth = None
+    depth = known(target) if known else None
     if depth is None:
         raise PipelineError(f"cannot tell how many blocks target {target!r} has",
                             "pass --n-layers N, or run the models stage first (`dvc repro models`)")
@@ -135,23 +142,27 @@ def load_chain(path: Path = CHAIN) -> dict:
 
 
 def rewrite(params_path: Path = Path("params.yaml"), n_layers: int | None = None,
-            chain_path: Path = CHAIN) -> dict:
+            chain_path: Path = CHAIN, known: KnownDepth | None = None) -> dict:
     params = yaml.safe_load(params_path.read_text())
-    n = n_layers or target_depth(str(params["models"]["target"]))
+    n = n_layers or target_depth(str(params["models"]["target"]), known=known)
     entries = build_chain(list(params.get("tasks") or []), n, seeds(params))
     chain_path.write_text(HEADER + yaml.safe_dump({"chain": entries}, sort_keys=False))
     return entries
 
 
-def main() -> None:
+def main(known: KnownDepth | None = None) -> None:
     ap = argparse.ArgumentParser(description="Rewrite chain.yaml for the tasks and seeds in params.yaml and the target.")
     ap.add_argument("--params", default="params.yaml", type=Path)
     ap.add_argument("--chain", default=CHAIN, type=Path)
     ap.add_argument("--n-layers", type=int, help="target depth (default: read from the target model)")
     args = ap.parse_args()
-    chain = rewrite(args.params, args.n_layers, args.chain)
+    chain = rewrite(args.params, args.n_layers, args.chain, known)
     print(f"{len(chain)} frontier stages written to {args.chain}")
 
 
 if __name__ == "__main__":
-    main()
+    try:  # the command alone reads the offline registry (torch is not needed for the rest)
+        from pipeline.materialize import known_depth
+    except ImportError:
+        known_depth = None
+    main(known_depth)

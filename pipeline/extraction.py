@@ -170,9 +170,14 @@ def _has_real_def(code: str, name: str) -> bool:
                for n in tree.body)
 
 
+def humaneval_tests(test: str, entry_point: str) -> str:
+    """HumanEval: the ``check`` function and the call on the entry point."""
+    return f"{test}\n\ncheck({entry_point})\n"
+
+
 def humaneval_program(code: str, test: str, entry_point: str) -> str:
-    """HumanEval: the solution, the ``check`` function, and the call on the entry point."""
-    return f"{code}\n\n{test}\n\ncheck({entry_point})\n"
+    """HumanEval: the solution followed by its tests (the whole program, kept for audits)."""
+    return f"{code}\n\n{humaneval_tests(test, entry_point)}"
 
 
 def mbpp_program(code: str, tests: str) -> str:

@@ -17,9 +17,11 @@ from tqdm.auto import tqdm
 from pipeline.adapter import ModelAdapter
 from pipeline.artifacts import check_finite
 from pipeline.data import batches
+from pipeline.chain import block_number
 from pipeline.errors import PipelineError
 from pipeline.loading import torch_dtype
 from pipeline.objectives import check_objective, cosine_loss, fisher_loss, output_kl, relation_loss
+from pipeline.params import fisher_tau, section
 
 TRAINABLE = ("full", "lora")
 INTERFACES = ("state", "residual")
@@ -33,7 +35,7 @@ class FrontierConfig:
     batch_size: int = 4
     grad_clip: float = 1.0
     weight_decay: float = 0.0
-    tau: float = 1.0
+    tau: float = 1.0  # fisher.tau, the temperature the fisher stage built p~ with (not a frontier key)
     tau_out: float = 1.0
     kl_from: int = 0  # first block trained with the output KL too (0: the last block only; -n: the last n)
     beta: float = 1.0  # weight of that output KL on blocks < L
@@ -63,28 +65,77 @@ class FrontierConfig:
             raise PipelineError(f"frontier needs layer_weight >= 0, beta >= 0, layer_from != 0 (got "
                                 f"{self.layer_weight}, {self.beta}, {self.layer_from})",
                                 "fix the frontier block of params.yaml")
-
-    @staticmethod
-    def first_block(value: int, n_layers: int) -> int:
-        """A block number as params.yaml writes it: k >= 1 is block k, -n the n-th from the end
-        (so a setting carries over to targets of another depth)."""
-        return n_layers + value + 1 if value < 0 else value
+        torch_dtype(self.compute_dtype)
+        if not (self.tau > 0 and self.tau_out > 0):
+            raise PipelineError(f"temperatures must be > 0 (got fisher.tau {self.tau}, frontier.tau_out "
+                                f"{self.tau_out})", "fix them in params.yaml")
 
     def has_output_kl(self, k: int, n_layers: int) -> bool:
         """The last block always trains on the output KL; blocks from kl_from on add it to
         their layer objective (the v2 text's "output KL preserves source-level predictive
         behavior"), at the cost of running blocks k+1..L and the full LM head every step."""
-        return k == n_layers or (self.kl_from != 0 and k >= self.first_block(self.kl_from, n_layers))
+        return k == n_layers or (self.kl_from != 0 and k >= block_number(self.kl_from, n_layers))
 
     def has_layer_objective(self, k: int, n_layers: int) -> bool:
         """Block k < L is trained on its layer objective unless it lies below layer_from or
         the objective has weight 0; the last block always trains on the output KL."""
-        return k < n_layers and k >= self.first_block(self.layer_from, n_layers) and self.layer_weight > 0
+        return k < n_layers and k >= block_number(self.layer_from, n_layers) and self.layer_weight > 0
 
     def trains(self, k: int, n_layers: int) -> bool:
         """Whether stage k has any objective at all; a stage without one keeps its block."""
         return self.has_output_kl(k, n_layers) or self.has_layer_objective(k, n_layers)
-        torch_dtype(self.compute_dtype)
+
+
+def frontier_config(params: dict, seed: int) -> FrontierConfig:
+    """The frontier block of params.yaml as a FrontierConfig, for the run with ``seed``.
+
+    The surrogate's temperature is read from ``fisher.tau`` and the supervision interface from
+    ``fisher.interface``: the fisher stage built its statistics with both. A leftover
+    ``frontier.tau`` or ``frontier.kl_every_stage`` is refused rather than ignored, so an old
+    params file cannot silently train with a setting nobody chose.
+    """
+    f = dict(section(params, "frontier"))
+    if "tau" in f:
+        raise PipelineError(f"params.yaml sets frontier.tau ({f['tau']!r}), which moved to fisher.tau: one "
+                            "temperature builds p~ (fisher stage) and scales d (frontier stages)",
+                            f"delete frontier.tau; if its value was meant, set fisher.tau to it "
+                            f"(now {params.get('fisher', {}).get('tau')!r})")
+    if "kl_every_stage" in f:
+        raise PipelineError("frontier.kl_every_stage has become frontier.kl_from (the first block trained with the "
+                            "output KL too)", "replace `kl_every_stage: true` by `kl_from: 1` and "
+                            "`kl_every_stage: false` by `kl_from: 0` in params.yaml")
+    lora = f.pop("lora", {}) or {}
+    known = set(FrontierConfig.__dataclass_fields__) - {"tau", "interface", "seed"}
+    unknown = sorted(set(f) - known)
+    if unknown:
+        raise PipelineError(f"unknown frontier params {unknown}", f"use only {sorted(known)} (and lora:)")
+    f = {key: _number(f"frontier.{key}", value, FrontierConfig.__dataclass_fields__[key].type)
+         for key, value in f.items()}
+    cfg = FrontierConfig(**f, tau=fisher_tau(params),
+                         interface=str(section(params, "fisher").get("interface", "state")),
+                         lora_r=int(lora.get("r", 16)), lora_alpha=int(lora.get("alpha", 16)),
+                         lora_dropout=_number("frontier.lora.dropout", lora.get("dropout", 0.05), "float"),
+                         lora_targets=list(lora.get("targets", FrontierConfig().lora_targets)),
+                         seed=seed)
+    cfg.validate()
+    return cfg
+
+
+def _number(name: str, value, kind) -> object:
+    """A numeric setting as its field's type. YAML 1.1 reads ``2e-5`` (no dot) as a string, which
+    is what `dvc exp run -S frontier.lr=2e-5` writes; accept it rather than fail deep in training."""
+    kind = getattr(kind, "__name__", kind)
+    if kind not in ("int", "float") or isinstance(value, bool):
+        return value
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise PipelineError(f"{name} must be a number, got {value!r}", f"set {name} in params.yaml") from None
+    if kind == "int":
+        if number != int(number):
+            raise PipelineError(f"{name} must be a whole number, got {value!r}", f"set {name} in params.yaml")
+        return int(number)
+    return number
 
 
 @dataclass
@@ -231,7 +282,10 @@ def train_block(adapter: ModelAdapter, k: int, states: States, targets: LayerTar
     """Train block k (1-based) alone and propagate the transfer split through it.
 
     With ``store_dtype`` the trained weights are rounded to it before propagating, so h^(k)
-    is exactly what the exported (stored-precision) model computes.
+    is exactly what the exported (stored-precision) block k computes from the same h^(k-1).
+    End to end the match is not exact: the stages store h^(k) in the storage dtype between
+    blocks, the exported model's forward does not round between blocks; in bf16 the two
+    agree to within a few roundings (tests/test_method.py bounds it at 1 % per position).
     """
     check_inputs(adapter, k, states, targets, output, cfg)
     if not cfg.trains(k, adapter.n_layers):

@@ -13,8 +13,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from tqdm.auto import tqdm
 
 from pipeline.adapter import ModelAdapter
+from pipeline.data import EncodedSplit, batches
+from pipeline.errors import PipelineError
 
 
 @dataclass
@@ -77,3 +80,41 @@ def agreement(adapter: ModelAdapter, h_last: torch.Tensor, src_ids: torch.Tensor
     ``h_last`` (P, D), per example (offsets: (N + 1,) row bounds of each example)."""
     kl, hits = position_agreement(adapter, h_last, src_ids, src_logits)
     return Agreement(per_example(kl, offsets), per_example(hits.double(), offsets), offsets[1:] - offsets[:-1])
+
+
+@torch.no_grad()
+def score(adapter: ModelAdapter, encoded: EncodedSplit, src_ids: torch.Tensor, src_logits: torch.Tensor,
+          batch_size: int, progress: bool = True) -> Agreement:
+    """Held-out agreement of a whole model (untouched target, SemAlign's export or a baseline)
+    on the split ``encoded``; src_ids/src_logits: (P, K) the source's top-K at its supervised
+    positions, in (example, position) order (the extract stage's ``output_topk``)."""
+    if src_ids.shape[0] != encoded.n_supervised:
+        raise PipelineError(f"the source's cached outputs have {src_ids.shape[0]} rows, the split "
+                            f"{encoded.n_supervised} supervised positions", "re-run the extract stage for this task")
+    lasts = []
+    for sl in tqdm(batches(len(encoded.ids), batch_size), desc="held-out", disable=not progress):
+        h = adapter.run_blocks(adapter.embed(encoded.input_ids[sl]), encoded.attention_mask[sl], 1, adapter.n_layers)
+        lasts.append(h[encoded.supervised[sl]])
+    h_last = torch.cat(lasts) if lasts else torch.zeros(0, adapter.width)
+    return agreement(adapter, h_last, src_ids, src_logits, encoded.offsets())
+
+
+def difference(reference: Agreement, model: Agreement, n_boot: int = 10000, seed: int = 0) -> dict[str, float]:
+    """``model`` minus ``reference`` on the same examples: mean KL and top-1 agreement, each
+    with a 95 % paired-bootstrap interval over examples (``pipeline.stats.paired_bootstrap``).
+    A negative KL difference means the model is closer to the source than the reference."""
+    from pipeline.stats import paired_bootstrap
+
+    if not torch.equal(reference.positions, model.positions):
+        raise PipelineError("two held-out records were not scored on the same examples (their positions differ)",
+                            "re-run the heldout stages of this task (`dvc repro`)")
+    den = reference.positions.double().tolist()
+    out: dict[str, float] = {}
+    for name in ("kl", "top1"):
+        res = paired_bootstrap(getattr(reference, name).tolist(), getattr(model, name).tolist(), den,
+                               n_boot=n_boot, seed=seed)
+        out.update({f"{name}_diff": res["diff"], f"{name}_diff_low": res["ci_low"],
+                    f"{name}_diff_high": res["ci_high"]})
+    out["examples"] = int((reference.positions > 0).sum())
+    out["positions"] = int(reference.positions.sum())
+    return out

@@ -25,6 +25,11 @@ def alignment_dir() -> Path:
     return ARTIFACTS / "alignment"
 
 
+def vocab_file() -> Path:
+    """The vocab stage's record that source and target share their token list."""
+    return ARTIFACTS / "vocab.json"
+
+
 def source_dir(task: str) -> Path:
     """Extraction output: one sub-directory per split (transfer, validation)."""
     return ARTIFACTS / task / "source"
@@ -83,6 +88,16 @@ def quality_metrics(run: str) -> Path:
 
 def quality_plot(run: str) -> Path:
     return PLOTS / "quality" / f"{run}.json"
+
+
+def heldout_metrics(model_key: str, task: str) -> Path:
+    """Held-out KL and top-1 of one model on one task's validation split (means, counts)."""
+    return METRICS / "heldout" / model_key / f"{task}.json"
+
+
+def heldout_examples(model_key: str, task: str) -> Path:
+    """The same per validation example, for paired comparisons in the report."""
+    return ARTIFACTS / "heldout" / model_key / f"{task}.json"
 
 
 def curve_metrics(run: str) -> Path:

@@ -139,6 +139,28 @@ def check_same_vocab(source_tok, target_tok, source_vocab_rows: int | None = Non
         )
 
 
+def head_rows(model_dir: str | Path) -> int:
+    """Rows of a local model's LM head, from config.json alone (no weights read)."""
+    import json
+
+    _check_source(str(model_dir))
+    config = json.loads((Path(model_dir) / "config.json").read_text())
+    if not isinstance(config.get("vocab_size"), int):
+        raise PipelineError(f"{model_dir}/config.json has no vocab_size",
+                            "point the model key at a Hugging Face model directory (run the models stage first)")
+    return config["vocab_size"]
+
+
+def vocab_record(tokenizer, rows: int) -> dict:
+    """What a checked vocabulary is: its size, LM-head rows and a digest of the token list, so
+    the stages that depend on the record re-run only when the vocabulary itself changes."""
+    import hashlib
+
+    tokens = vocab_list(tokenizer)
+    return {"tokens": len(tokens), "head_rows": rows,
+            "sha256": hashlib.sha256("\n".join(tokens).encode()).hexdigest()}
+
+
 def load_lm_head(model_dir: str | Path) -> torch.Tensor:
     """The (V, D) output embedding of a local model directory, read alone from safetensors.
 

@@ -33,13 +33,23 @@ def attributed_map(scores: list[float], n_target: int) -> list[int]:
     return pairs
 
 
+def critical_layers(scores: list[float], n: int) -> list[int]:
+    """The n highest-scoring source layers (1-based), best first; ties go to the shallower layer.
+
+    The one ranking of "critical" layers: the attribute stage reports it and the ``critical``
+    strategy moves these layers, so the two cannot disagree. Signed score, as "highest-scoring"
+    in method.md and the windows of :func:`attributed_map` read it (identical to |score| for the
+    non-negative aggregates ``frobenius`` and ``abs_sum``).
+    """
+    return sorted(range(1, len(scores) + 1), key=lambda l: -scores[l - 1])[:n]
+
+
 def critical_map(scores: list[float], n_target: int, n_critical: int) -> list[int]:
     """v1: the floor map, then each unpaired critical layer l* moves to k' = min{k: base(k) >= l*}."""
     n_source = len(scores)
     base = base_map(n_source, n_target)
     pairs = list(base)
-    ranked = sorted(range(1, n_source + 1), key=lambda l: -scores[l - 1])[:n_critical]
-    for l_star in ranked:
+    for l_star in critical_layers(scores, n_critical):
         if l_star in pairs:
             continue
         k = next((k for k in range(1, n_target + 1) if base[k - 1] >= l_star), n_target)

@@ -35,29 +35,6 @@ def check_task(params: dict, task: str) -> None:
                             "add it to tasks and run `python -m pipeline.chain` to extend the chain")
 
 
-def frontier_config(params: dict, seed: int):
-    """The frontier block of params.yaml as a FrontierConfig, for the run with ``seed``."""
-    from pipeline.frontier import FrontierConfig  # torch: only where a stage trains
-
-    f = dict(section(params, "frontier"))
-    lora = f.pop("lora", {}) or {}
-    known = set(FrontierConfig.__dataclass_fields__) - {"interface", "seed"}
-    if "kl_every_stage" in f:
-        raise PipelineError("frontier.kl_every_stage has become frontier.kl_from (the first block trained with the "
-                            "output KL too)", "replace `kl_every_stage: true` by `kl_from: 1` and "
-                            "`kl_every_stage: false` by `kl_from: 0` in params.yaml")
-    unknown = sorted(set(f) - known)
-    if unknown:
-        raise PipelineError(f"unknown frontier params {unknown}", f"use only {sorted(known)} (and lora:)")
-    cfg = FrontierConfig(**f, interface=str(section(params, "fisher").get("interface", "state")),
-                         lora_r=lora.get("r", 16), lora_alpha=lora.get("alpha", 16),
-                         lora_dropout=lora.get("dropout", 0.05),
-                         lora_targets=list(lora.get("targets", FrontierConfig().lora_targets)),
-                         seed=seed)
-    cfg.validate()
-    return cfg
-
-
 def seeds(params: dict) -> list[int]:
     """The training seeds every method runs with (params.yaml ``seeds``)."""
     values = params.get("seeds", [0])
@@ -89,6 +66,17 @@ def task_and_seed(argv: list[str]) -> tuple[str, int]:
 def compute_dtype(params: dict) -> str:
     """Precision models are loaded in for computation (float32 on CPUs without bf16 units)."""
     return str(section(params, "models").get("compute_dtype", "float32"))
+
+
+def fisher_tau(params: dict) -> float:
+    """The temperature tau of p~ = softmax(z~ / tau) (fisher stage) and of d = (z - z~) / tau
+    (frontier stages): one setting, ``fisher.tau``, since the surrogate approximates
+    KL(p~ || softmax(z / tau)) only when both use the same tau."""
+    tau = section(params, "fisher").get("tau", 1.0)
+    if isinstance(tau, bool) or not isinstance(tau, (int, float)) or not tau > 0:
+        raise PipelineError(f"fisher.tau must be a number > 0, got {tau!r}",
+                            "set fisher.tau in params.yaml (1.0: no tempering)")
+    return float(tau)
 
 
 def storage_dtype(params: dict) -> str:

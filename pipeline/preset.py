@@ -30,7 +30,9 @@ def apply(preset: Path, params_path: Path, n_layers: int | None) -> None:
     merge(params, yaml.load(preset.read_text()))
     with params_path.open("w") as f:
         yaml.dump(params, f)
-    chain.rewrite(params_path, n_layers, params_path.parent / "chain.yaml")
+    from pipeline.materialize import known_depth  # offline specs know their depth before materialising
+
+    chain.rewrite(params_path, n_layers, params_path.parent / "chain.yaml", known_depth)
 
 
 def main() -> None:

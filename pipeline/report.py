@@ -2,7 +2,9 @@
 
 Rows are models, columns the four benchmarks' headline numbers (percent), their mean, and
 the mean absolute gap to the source model, the paper's headline quantity ("SemAlign ends
-up closest to the source"). Each benchmark cell keeps its n and 95% interval.
+up closest to the source"). Each benchmark cell keeps its n and 95% interval. The code
+benchmarks' sandbox isolation (``sandbox_isolation`` in their metrics) is a column of the
+CSV and a note under the Markdown table, flagged where it was not kernel isolation.
 
 Seeds: model keys ``<name>-s<k>`` (e.g. ``semalign-s1``, ``semalign-s2``) are runs of one
 method. Their row shows mean ± sample std over runs; the mean and the gap are computed per
@@ -11,6 +13,11 @@ run first and then averaged, since a gap of averaged scores would hide run-to-ru
 Cost: each method stage leaves a record in ``metrics/cost/`` (see ``pipeline.runner``). A
 method's cost for one seed is the wall time summed over every stage its runs consist of, on
 all its tasks, and the highest peak memory among them; the table shows mean ± std over seeds.
+
+Budget (``pipeline.budget``): beside the cost, what one run of the method trains on, summed
+over its tasks: examples seen and optimizer steps; the budget section lists them per task
+with the passes over the transfer split. The paired comparisons with the untouched target
+(held-out agreement, benchmarks) are ``pipeline.comparisons``.
 """
 
 from __future__ import annotations
@@ -55,7 +62,8 @@ def collect(metrics_dir: str | Path) -> pd.DataFrame:
             for model, m in per_model.items():
                 key = PRIMARY[bench]
                 rows.append({"model": model, "benchmark": bench, "score": m[key],
-                             "ci95_low": m[f"{key}_ci95_low"], "ci95_high": m[f"{key}_ci95_high"], "n": m["n"]})
+                             "ci95_low": m[f"{key}_ci95_low"], "ci95_high": m[f"{key}_ci95_high"], "n": m["n"],
+                             "isolation": m.get("sandbox_isolation", "")})
     if not rows:
         raise PipelineError(f"no evaluation metrics under {metrics_dir}",
                             "run the evaluate stages first (`dvc repro`)")
@@ -127,9 +135,10 @@ def _order(groups: Sequence[str], source: str, preferred: Sequence[str]) -> list
 
 
 def table(long: pd.DataFrame, source: str, preferred: Sequence[str] = (),
-          costs: pd.DataFrame | None = None) -> pd.DataFrame:
-    """One row per method (seeds grouped): per benchmark mean, std, n, CI; mean; gap; and,
-    with ``costs`` (:func:`collect_costs`), wall minutes and peak GB per run."""
+          costs: pd.DataFrame | None = None, budgets: pd.DataFrame | None = None) -> pd.DataFrame:
+    """One row per method (seeds grouped): per benchmark mean, std, n, CI; mean; gap; with
+    ``costs`` (:func:`collect_costs`), wall minutes and peak GB per run; with ``budgets``
+    (:func:`budget_frame`), examples seen and optimizer steps per run."""
     per_method = method_costs(costs) if costs is not None and len(costs) else None
     runs = per_run(long, source)
     benches = [b for b in BENCHMARKS if b in runs.columns]
@@ -158,8 +167,42 @@ def table(long: pd.DataFrame, source: str, preferred: Sequence[str] = (),
             mean, std = mean_std(vals) if vals else (math.nan, math.nan)
             row.update({col: mean, f"{col}_std": std if len(vals) > 1 else math.nan})
         row.update(_cost_columns(per_method, group, members))
+        modes = long.loc[long["model"].isin(members), "isolation"] if "isolation" in long else []
+        row["sandbox"] = ", ".join(sorted({m for m in modes if m}))
+        row.update(_budget_columns(budgets, group))
         out.append(row)
     return pd.DataFrame(out)
+
+
+def sandbox_note(tab: pd.DataFrame) -> list[str]:
+    """The code sandbox's isolation under the table; judging without kernel isolation is flagged."""
+    modes: dict[str, list[str]] = {}
+    for _, row in tab.iterrows():
+        for mode in filter(None, str(row.get("sandbox") or "").split(", ")):
+            modes.setdefault(mode, []).append(row["model"])
+    if not modes:
+        return []
+    lines = ["code sandbox isolation (HumanEval, MBPP): " + "; ".join(
+        f"`{mode}` for {', '.join(models)}" for mode, models in sorted(modes.items())) + "."]
+    if "process" in modes:
+        lines.append(f"**Warning**: {', '.join(modes['process'])} had generated code judged without kernel "
+                     "isolation (`process`: resource limits and the in-process guard only).")
+    return lines
+
+
+def budget_frame(budgets) -> pd.DataFrame:
+    """``pipeline.budget.Budget`` records as a frame (one row per method and task)."""
+    return pd.DataFrame([b.row() for b in budgets],
+                        columns=["method", "task", "examples_used", "passes", "examples_seen", "optimizer_steps",
+                                 "batch_size", "extra", "capped"])
+
+
+def _budget_columns(budgets: pd.DataFrame | None, group: str) -> dict:
+    """One run's budget summed over the method's tasks (every seed has the same)."""
+    own = budgets[budgets["method"] == group] if budgets is not None else None
+    if own is None or own.empty:
+        return {"examples_seen": math.nan, "optimizer_steps": math.nan}
+    return {"examples_seen": float(own["examples_seen"].sum()), "optimizer_steps": float(own["optimizer_steps"].sum())}
 
 
 def _cost_columns(per_method: pd.DataFrame | None, group: str, members: list[str]) -> dict:
@@ -193,16 +236,24 @@ def _plain(row: pd.Series, col: str) -> str:
     return f"{v:.2f} ± {std:.2f}" if not (isinstance(std, float) and math.isnan(std)) else f"{v:.2f}"
 
 
+def _count(row: pd.Series, col: str) -> str:
+    v = row.get(col, math.nan)
+    return "–" if isinstance(v, float) and math.isnan(v) else f"{int(v):,}"
+
+
 def markdown(tab: pd.DataFrame, source: str) -> str:
     """A Markdown table; cells "score [CI low, high] (n=…)" or "mean ± std (n=…×runs)"."""
     benches = [b for b in BENCHMARKS if b in tab.columns]
     header = ["model"] + [f"{b} ({PRIMARY[b]})" for b in benches] + ["mean", f"gap to {source}",
-                                                                      "cost: wall (min)", "peak RSS (GB)"]
+                                                                      "cost: wall (min)", "peak RSS (GB)",
+                                                                      "budget: examples seen", "optimizer steps"]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     for _, row in tab.iterrows():
         label = row["model"] + (f" ({int(row['runs'])} seeds)" if row["runs"] > 1 else "")
         cells = [label] + [_cell(row, b) for b in benches] + [_plain(row, "mean"), _plain(row, "gap"),
-                                                              _plain(row, "wall_min"), _plain(row, "peak_gb")]
+                                                              _plain(row, "wall_min"), _plain(row, "peak_gb"),
+                                                              _count(row, "examples_seen"),
+                                                              _count(row, "optimizer_steps")]
         lines.append("| " + " | ".join(cells) + " |")
     notes = [
         "",
@@ -215,15 +266,19 @@ def markdown(tab: pd.DataFrame, source: str) -> str:
         "SemAlign counts align, extract, attribute, pair, fisher, embed, every frontier block and export; "
         "KD and hidden-state KD count the source extraction they read; SFT, SEEKING and LaTen their own stage "
         "(SEEKING and LaTen load the source themselves). – = no cost record (reference models).",
+        "budget: one run's training examples seen (summed batch sizes) and optimizer steps, summed over the "
+        "method's tasks, from params.yaml (pipeline/budget.py); SemAlign's are summed over its trained blocks, "
+        "each of which trains alone. Per task, with passes over the transfer split: the budget section.",
     ]
     if tab[benches].isna().any().any():
         notes.append("– = not evaluated; means and gaps then use the benchmarks available.")
+    notes += sandbox_note(tab)
     return "\n".join(lines + notes) + "\n"
 
 
 def summary_metrics(tab: pd.DataFrame) -> dict:
-    """``{"results": {model: {"mean", "gap_to_source", "wall_min", "peak_gb", "runs"}}}`` for
-    ``dvc exp show``.
+    """``{"results": {model: {"mean", "gap_to_source", "wall_min", "peak_gb", "examples_seen",
+    "optimizer_steps", "runs"}}}`` for ``dvc exp show``.
 
     The per-benchmark numbers are already metrics of the evaluate stages; this adds the
     derived columns so experiments can be compared on the paper's headline quantity and cost.
@@ -232,15 +287,45 @@ def summary_metrics(tab: pd.DataFrame) -> dict:
     for _, row in tab.iterrows():
         entry = {}
         for col, name in (("mean", "mean"), ("gap", "gap_to_source"), ("wall_min", "wall_min"),
-                          ("peak_gb", "peak_gb")):
+                          ("peak_gb", "peak_gb"), ("examples_seen", "examples_seen"),
+                          ("optimizer_steps", "optimizer_steps")):
             if not (isinstance(row[col], float) and math.isnan(row[col])):
                 entry[name] = round(float(row[col]), 4)
-                std = row[f"{col}_std"]
+                std = row.get(f"{col}_std", math.nan)  # budgets have none: every seed gets the same
                 if not (isinstance(std, float) and math.isnan(std)):
                     entry[f"{name}_std"] = round(float(std), 4)
         entry["runs"] = int(row["runs"])
         out[row["model"]] = entry
     return {"results": out}
+
+
+def budget_markdown(budgets: pd.DataFrame) -> str:
+    """Per task and method: training examples, passes over them, examples seen, optimizer steps."""
+    if budgets is None or budgets.empty:
+        return ""
+    lines = ["", "### Budgets (params.yaml, pipeline/budget.py)", "",
+             "| task | method | training examples | passes | examples seen | optimizer steps | batch | notes |",
+             "|---|---|---|---|---|---|---|---|"]
+    for _, b in budgets.iterrows():
+        notes = ", ".join([f"{k.replace('_', ' ')} {v}" for k, v in b["extra"].items()]
+                          + [f"capped: {c}" for c in b["capped"]])
+        lines.append(f"| {b['task']} | {b['method']} | {b['examples_used']} | {b['passes']:.2f} | "
+                     f"{b['examples_seen']:,} | {b['optimizer_steps']:,} | {b['batch_size']} | {notes} |")
+    lines += ["", "passes: examples seen per training example; SemAlign's per trained block (each block trains "
+              "alone on the whole transfer split), so its examples seen and steps are summed over the blocks. "
+              "Every baseline gets at least SemAlign's passes (tests/test_budget.py); SEEKING's seeds and "
+              "LaTen's extract/align sizes are their papers', capped by the splits that exist."]
+    return "\n".join(lines) + "\n"
+
+
+def order_rows(frame: pd.DataFrame, source: str, preferred: Sequence[str], by: str) -> pd.DataFrame:
+    """Rows grouped by ``by`` (task or benchmark), models in the main table's order, seeds ascending."""
+    if frame.empty:
+        return frame
+    groups = _order(sorted({seed_group(m) for m in frame["model"]}), source, preferred)
+    rank = {g: i for i, g in enumerate(["target"] + [g for g in groups if g != "target"])}
+    keys = frame["model"].map(lambda m: (rank[seed_group(m)], _seed_of(m) or 0))
+    return frame.assign(_key=keys).sort_values([by, "_key"], kind="stable").drop(columns="_key").reset_index(drop=True)
 
 
 def plot_rows(tab: pd.DataFrame) -> pd.DataFrame:

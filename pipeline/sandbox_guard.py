@@ -1,9 +1,9 @@
 """The in-process half of the sandbox: runs *inside* the child interpreter, stdlib only.
 
-:mod:`pipeline.sandbox` starts ``python -I -S -B -c <this file's source> GUARD`` in the
-isolated child and writes the program to its stdin. This script saves the program as
-``program.py`` in the working directory, optionally installs an audit hook
-(``sys.addaudithook``, PEP 578), and runs the program as ``__main__``.
+:mod:`pipeline.sandbox` runs this file's source, followed by :mod:`pipeline.sandbox_harness`,
+in the isolated child (``python -I -S -B -c ...``); unless switched off, the harness calls
+:func:`install` to add an audit hook (``sys.addaudithook``, PEP 578) before any program code
+runs.
 
 The audit hook is defence in depth, not the security boundary: native code can bypass it,
 so it blocks the usual ways in (``ctypes``, ``_posixsubprocess``) and refuses:
@@ -80,21 +80,3 @@ def install(root: str) -> None:
                 raise _denied(f"{event} outside the sandbox directory")
 
     sys.addaudithook(hook)
-
-
-def main() -> None:
-    import runpy  # imported before the guard so the runner's own imports are not audited
-
-    guard = sys.argv[1] == "1"
-    source = sys.stdin.read()
-    sys.stdin = open(os.devnull)  # programs that call input() get EOF, not a hang
-    with open("program.py", "w") as f:
-        f.write(source)
-    if guard:
-        install(os.getcwd())
-    del sys.argv[1:]
-    runpy.run_path("program.py", run_name="__main__")
-
-
-if __name__ == "__main__":
-    main()

@@ -75,6 +75,28 @@ def write_pair(out: str | Path, family: str = "qwen2", seed: int = 0,
     return paths[0], paths[1]
 
 
+def swap_tokens(model_dir: str | Path, out: str | Path, ids: tuple[int, int] = (100, 101)) -> Path:
+    """A copy of a tiny model whose tokenizer swaps the tokens of two ids: half of a pair
+    with mismatched vocabularies (the weights are untouched)."""
+    import shutil
+
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    out = Path(out)
+    shutil.copytree(model_dir, out)
+    vocab = build_tokenizer().get_vocab()
+    by_id = sorted(vocab, key=vocab.get)
+    a, b = by_id[ids[0]], by_id[ids[1]]
+    swapped = {**vocab, a: vocab[b], b: vocab[a]}
+    other = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel(swapped, unk_token=None)),
+                                    eos_token="<|im_end|>", pad_token="<|endoftext|>")
+    other.pre_tokenizer = pre_tokenizers.ByteLevel()
+    other.chat_template = CHAT_TEMPLATE
+    other.save_pretrained(out)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("out")

@@ -22,7 +22,7 @@ LossFn = Callable[[torch.Tensor], tuple[torch.Tensor, dict[str, Any]]]  # parts:
 @dataclass(frozen=True)
 class TrainSettings:
     epochs: int = 1
-    max_steps: int = 0  # 0: as many as the epochs give
+    max_steps: int = 0  # > 0: exactly this many steps, overriding epochs; 0: epochs x ceil(N / batch)
     batch_size: int = 4
     lr: float = 3e-4
     weight_decay: float = 0.0
@@ -48,16 +48,32 @@ class TrainSettings:
         return s
 
 
+def steps_per_epoch(n_examples: int, batch_size: int) -> int:
+    return math.ceil(n_examples / batch_size)
+
+
+def n_steps(n_examples: int, settings: TrainSettings) -> int:
+    """Optimizer steps of a run: ``max_steps`` when set (it overrides ``epochs``, as in the
+    Hugging Face Trainer), else ``epochs`` passes of ceil(N / batch) steps."""
+    return settings.max_steps or settings.epochs * steps_per_epoch(n_examples, settings.batch_size)
+
+
 def plan(n_examples: int, settings: TrainSettings, seed: int) -> list[torch.Tensor]:
-    """Example indices of every step: a fresh shuffle per epoch, cut at ``max_steps``."""
+    """Example indices of every step: a fresh shuffle per epoch, cut into batches (an epoch's
+    last batch may be smaller), for :func:`n_steps` steps.
+
+    ``max_steps`` once only cut the epochs short, so with one epoch over 6 examples at batch 4
+    the "4 steps" of params.yaml were 2; it now runs as many epochs as its steps need.
+    """
     if n_examples < 1:
         raise PipelineError("there are no training examples", "check the split sizes in params.yaml")
     gen = torch.Generator().manual_seed(seed)
+    want = n_steps(n_examples, settings)
     steps: list[torch.Tensor] = []
-    for _ in range(settings.epochs):
+    while len(steps) < want:
         order = torch.randperm(n_examples, generator=gen)
         steps.extend(order[i:i + settings.batch_size] for i in range(0, n_examples, settings.batch_size))
-    return steps[: settings.max_steps] if settings.max_steps else steps
+    return steps[:want]
 
 
 def _schedule(n_steps: int, warmup_ratio: float) -> Callable[[int], float]:

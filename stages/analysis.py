@@ -24,7 +24,7 @@ from pipeline.figures import (attribution_records, cka_records, loss_records, pa
 from pipeline.loading import load_model
 from pipeline.losslog import read_losses
 from pipeline.params import check_seed, check_task, load_params, section, task_and_seed
-from pipeline.quality import target_states
+from pipeline.quality import evenly_spaced, target_states
 from pipeline.runner import run_stage
 
 
@@ -32,9 +32,7 @@ def position_subset(n: int, limit: int) -> torch.Tensor:
     """Evenly spaced rows when there are more supervised positions than the Gram budget allows."""
     if limit < 4:
         raise PipelineError(f"analysis.max_positions is {limit}", "set it to at least 4 (CKA needs 4 rows)")
-    if n <= limit:
-        return torch.arange(n)
-    return torch.linspace(0, n - 1, limit).round().long().unique()
+    return evenly_spaced(n, limit)
 
 
 def loss_curves(task: str, seed: int) -> dict[str, list[float]]:

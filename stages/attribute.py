@@ -5,9 +5,10 @@ import sys
 from pipeline import layout
 from pipeline.adapter import ModelAdapter
 from pipeline.artifacts import write_json
-from pipeline.attribution import critical_layers, layer_scores
+from pipeline.attribution import layer_scores
 from pipeline.data import encode_split
 from pipeline.loading import load_model, load_tokenizer
+from pipeline.pairing import critical_layers
 from pipeline.params import check_task, load_params, section
 from pipeline.runner import CostTag, run_stage
 

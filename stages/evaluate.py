@@ -56,6 +56,16 @@ def make_sandbox(block: dict):
     return Sandbox(limits, isolation=cfg.get("isolation", "auto"), python=cfg.get("python"))
 
 
+def sandbox_line(info: dict) -> str:
+    """The stage's line on the code sandbox; a fallback from kernel isolation is a warning."""
+    line = f"code sandbox: isolation={info['isolation']} guard={info['guard']} python={info['python']}"
+    if info["fallback_note"]:
+        line = (f"WARNING: {line}: no kernel isolation, only resource limits and the in-process guard stand "
+                f"between generated code and this host ({info['fallback_note']}). To fail instead, set "
+                "evaluation.sandbox.isolation: namespaces")
+    return line
+
+
 def pick_device(name: str) -> str:
     import torch
 
@@ -104,9 +114,7 @@ def run(args: argparse.Namespace) -> None:
     sandbox = None
     if args.benchmark in ("humaneval", "mbpp"):
         sandbox = make_sandbox(block)  # probes the isolation before any model is loaded
-        info = sandbox.describe()
-        print(f"code sandbox: isolation={info['isolation']} guard={info['guard']} {info['fallback_note']}".rstrip(),
-              file=sys.stderr)
+        print(sandbox_line(sandbox.describe()), file=sys.stderr)
 
     from pipeline.loading import load_model, load_tokenizer
 

@@ -11,17 +11,22 @@ import torch
 
 from pipeline import chain, layout
 from pipeline.adapter import ModelAdapter
-from pipeline.artifacts import atomic_path, load_tensors, save_tensors, write_json
+from pipeline.artifacts import atomic_path, load_metadata, load_tensors, save_tensors, write_json
 from pipeline.errors import PipelineError
-from pipeline.frontier import LayerTargets, OutputTargets, States, train_block
+from pipeline.frontier import LayerTargets, OutputTargets, States, frontier_config, train_block
 from pipeline.loading import load_model_blocks, torch_dtype
 from pipeline.losslog import BackgroundLossLog
-from pipeline.params import check_task, compute_dtype, frontier_config, load_params, section, storage_dtype
+from pipeline.params import check_task, compute_dtype, load_params, section, storage_dtype
 from pipeline.runner import CostTag, run_stage
 
 
-def layer_targets(task: str, k: int) -> LayerTargets:
-    fisher = load_tensors(layout.layer_file(layout.fisher_dir(task), k), "the fisher stage")
+def layer_targets(task: str, k: int, tau: float) -> LayerTargets:
+    path = layout.layer_file(layout.fisher_dir(task), k)
+    fisher = load_tensors(path, "the fisher stage")
+    built = load_metadata(path).get("tau")
+    if built is None or float(built) != tau:  # d must be scaled by the tau p~ was built with
+        raise PipelineError(f"{path} was built with tau {built}, params.yaml's fisher.tau is {tau}",
+                            f"re-run the fisher stage (`dvc repro fisher@{task}`)")
     return LayerTargets(fisher["topk_ids"], fisher["topk_logits"], fisher["topk_probs"], fisher["aligned"])
 
 
@@ -55,7 +60,7 @@ def train(stage_key: str, loss_log: BackgroundLossLog) -> None:
                             "re-run the embed and frontier stages of this task (`dvc repro`)")
     states = States(prev["hidden"], prev["attention_mask"], prev["supervised"].bool())
     is_last = k == target.n_layers
-    targets = layer_targets(task, k) if cfg.has_layer_objective(k, target.n_layers) else None
+    targets = layer_targets(task, k, cfg.tau) if cfg.has_layer_objective(k, target.n_layers) else None
     output = None
     if cfg.has_output_kl(k, target.n_layers):
         out = load_tensors(layout.source_dir(task) / "transfer" / "output_topk.safetensors", "the extract stage")

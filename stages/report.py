@@ -4,10 +4,13 @@
 
 Reads ``metrics/eval/<model>/<benchmark>.json`` and writes ``metrics/results.md`` and
 ``metrics/results.csv`` (rows: models, seeds grouped; columns: the four benchmarks, their
-mean, the mean absolute gap to the source, and each method's measured cost from
-``metrics/cost``), ``metrics/results.json`` (mean and gap per
-model, for ``dvc exp show``), ``plots/results.csv`` (long format for
-``dvc plots``) and ``plots/results.png``. The source key and the row order come from the
+mean, the mean absolute gap to the source, each method's measured cost from
+``metrics/cost`` and its budget from params.yaml and chain.yaml), ``metrics/results.json``
+(mean, gap, cost and budget per model, and the paired comparisons, for ``dvc exp show``),
+``plots/results.csv`` (long format for ``dvc plots``) and ``plots/results.png``. The
+Markdown adds the paired comparisons with the untouched target: held-out agreement from
+``artifacts/heldout`` and per-item benchmark tests from ``artifacts/eval/*/*/samples.jsonl``,
+and the budget of every (method, task). The source key and the row order come from the
 ``evaluation`` block of params.yaml (``source_key``, ``models``) unless given here.
 """
 
@@ -19,36 +22,49 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the library, from the repo root
 
+from pipeline import budget, comparisons  # noqa: E402
 from pipeline.artifacts import atomic_path, write_json  # noqa: E402
+from pipeline.chain import load_chain  # noqa: E402
 from pipeline.params import load_params  # noqa: E402
 from pipeline.runner import guarded  # noqa: E402
-from pipeline.report import (bar_chart, collect, collect_costs, markdown, plot_rows,  # noqa: E402
-                             summary_metrics, table)
+from pipeline.report import (bar_chart, budget_frame, budget_markdown, collect, collect_costs,  # noqa: E402
+                             markdown, order_rows, plot_rows, summary_metrics, table)
 
 
 def run(args: argparse.Namespace) -> None:
-    block = {}
-    if Path(args.params).is_file():
-        block = load_params(args.params).get("evaluation") or {}
+    params = load_params(args.params) if Path(args.params).is_file() else {}
+    block = params.get("evaluation") or {}
     source = args.source or block.get("source_key", "source")
-    tab = table(collect(args.metrics_dir), source, block.get("models") or [], collect_costs(args.cost_dir))
+    preferred = block.get("models") or []
+    budgets = None
+    if params and Path(args.chain).is_file():  # without them (a results folder alone) no budget is stated
+        budgets = budget_frame(budget.run_budgets(params, budget.chain_depths(load_chain(Path(args.chain)))))
+    tab = table(collect(args.metrics_dir), source, preferred, collect_costs(args.cost_dir), budgets)
+    heldout = order_rows(comparisons.heldout_table(args.heldout_dir), source, preferred, "task")
+    paired = order_rows(comparisons.paired_benchmarks(args.samples_dir), source, preferred, "benchmark")
+    md = (markdown(tab, source) + comparisons.heldout_markdown(heldout)
+          + comparisons.paired_markdown(paired, comparisons.detectable(paired) if len(paired) else paired)
+          + budget_markdown(budgets))
     with atomic_path(args.out_md) as tmp:
-        tmp.write_text(markdown(tab, source))
+        tmp.write_text(md)
     with atomic_path(args.out_csv) as tmp:
         tab.round(4).to_csv(tmp, index=False)
-    write_json(args.out_json, summary_metrics(tab))
+    write_json(args.out_json, {**summary_metrics(tab), **comparisons.summary(heldout, paired)})
     plot = plot_rows(tab)
     with atomic_path(args.plot_csv) as tmp:
         plot.to_csv(tmp, index=False)
     with atomic_path(args.plot_png) as tmp:
         bar_chart(plot, tmp)
-    print(markdown(tab, source))
+    print(md)
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--metrics-dir", default="metrics/eval")
     ap.add_argument("--cost-dir", default="metrics/cost", help="the method stages' cost records")
+    ap.add_argument("--heldout-dir", default="artifacts/heldout", help="per-example held-out records")
+    ap.add_argument("--samples-dir", default="artifacts/eval", help="per-item benchmark verdicts")
+    ap.add_argument("--chain", default="chain.yaml", help="the frontier chain (target depth per task)")
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--source", help="model key the gap is measured to (default: evaluation.source_key)")
     ap.add_argument("--out-md", default="metrics/results.md")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -18,7 +19,7 @@ from pipeline.params import seeds
 from pipeline.errors import PipelineError
 from pipeline.frontier import FrontierConfig, OutputTargets, States, train_block
 from pipeline.loading import check_same_vocab, load_model, load_tokenizer
-from pipeline.tiny import build_tokenizer
+from pipeline.tiny import build_tokenizer, swap_tokens
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -111,8 +112,10 @@ def test_stage_with_corrupt_input_exits_cleanly_and_writes_nothing(tmp_path):
 
 def test_committed_chain_is_consistent_with_params_and_target_depth():
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    from pipeline.materialize import known_depth
+
     check_chain(load_chain(ROOT / "chain.yaml"), params["tasks"], params["seeds"],
-                target_depth(str(params["models"]["target"])))
+                target_depth(str(params["models"]["target"]), known=known_depth))
 
 
 def test_chain_checker_catches_broken_chains():
@@ -182,3 +185,71 @@ def test_presets_apply_to_the_committed_params_and_keep_them_valid(tmp_path, pre
     check(after, wanted, before)
     chain = load_chain(tmp_path / "chain.yaml")
     check_chain(chain, after["tasks"], after["seeds"], 4)
+
+
+def test_old_params_with_frontier_tau_are_refused_naming_the_move():
+    """frontier.tau moved to fisher.tau (one temperature for p~ and for d). An old params file
+    that still sets it must fail with the move named, not train at a temperature the fisher
+    stage never used; the committed params give the frontier fisher.tau. Rejects a
+    frontier_config that accepts (or silently drops) the old key."""
+    from pipeline.frontier import frontier_config
+
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    assert "tau" not in params["frontier"]
+    params["fisher"]["tau"] = 0.5
+    assert frontier_config(params, seed=0).tau == 0.5
+    params["frontier"]["tau"] = 2.0
+    moved = r"(?s)frontier\.tau \(2\.0\).*moved to fisher\.tau.*fix: delete frontier\.tau"
+    with pytest.raises(PipelineError, match=moved):
+        frontier_config(params, seed=0)
+    params["frontier"].pop("tau")
+    params["fisher"]["tau"] = 0
+    with pytest.raises(PipelineError, match="fisher.tau must be a number > 0"):
+        frontier_config(params, seed=0)
+
+
+def test_frontier_refuses_fisher_statistics_built_at_another_temperature(tmp_path, monkeypatch):
+    """A fisher artifact records the tau it was built with; the frontier reads it only at the
+    same tau (a stale artifact from a run by hand would otherwise pair p~ at one tau with d at
+    another). Rejects a reader that ignores the recorded tau."""
+    from pipeline import layout
+    from stages.frontier import layer_targets
+
+    monkeypatch.chdir(tmp_path)
+    stats = {name: torch.zeros(3, 2) for name in ("topk_logits", "topk_probs", "aligned")}
+    save_tensors(layout.layer_file(layout.fisher_dir("toy"), 1), {**stats, "topk_ids": torch.zeros(3, 2).long()},
+                 {"layer": 1, "tau": 1.0})
+    assert layer_targets("toy", 1, 1.0).topk_ids.shape == (3, 2)
+    stale = r"(?s)built with tau 1\.0, params\.yaml's fisher\.tau is 2\.0.*dvc repro fisher@toy"
+    with pytest.raises(PipelineError, match=stale):
+        layer_targets("toy", 1, 2.0)
+
+
+def test_vocab_stage_refuses_a_mismatched_pair_from_tokenizer_files_alone(tiny_pair, tmp_path, monkeypatch):
+    """The vocab stage, which extract and attribute wait for, names the first differing ids
+    of a pair whose tokenizers swap two tokens, and writes no record; it reads no weights
+    (the copies have none). Rejects a check that compares only vocabulary sizes, and one
+    that loads the models (checked by patching)."""
+    from pipeline import layout
+    from pipeline.loading import vocab_record
+    from stages import vocab
+
+    source, target = tiny_pair
+    models = tmp_path / "models"
+    shutil.copytree(source, models / "source", ignore=shutil.ignore_patterns("*.safetensors"))
+    swap_tokens(target, models / "target")
+    for weights in (models / "target").glob("*.safetensors"):
+        weights.unlink()
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(PipelineError, match=r"(?s)tokenizers differ: id 100: .* vs .*same family and tokenizer"):
+        vocab.main()
+    assert not layout.vocab_file().exists()
+
+    shutil.rmtree(models / "target")
+    shutil.copytree(target, models / "target", ignore=shutil.ignore_patterns("*.safetensors"))
+    vocab.main()
+    assert read_json(layout.vocab_file()) == vocab_record(load_tokenizer(str(target)), 320)
+    config = json.loads((models / "target/config.json").read_text())
+    (models / "target/config.json").write_text(json.dumps({**config, "vocab_size": 384}))
+    with pytest.raises(PipelineError, match="LM heads have 320 .source. vs 384 .target. rows"):
+        vocab.main()

@@ -72,13 +72,30 @@ def test_code_pass_at_1_runs_the_tests(tiny, monkeypatch, benchmark):
         f"```python\n{sig}\n    {wrong}\n```",  # wrong: fails
         f"```python\n{sig}\n    while True:\n        pass\n```",  # hangs: timeout, fails
     ])
-    sandbox = Sandbox(Limits(timeout_s=2, cpu_s=2, memory_mb=256))
+    # The hang meets the CPU limit first, by design, and the wall clock has room for a busy
+    # machine; either limit gives `timeout` (before, the CPU limit's SIGKILL read `killed`).
+    sandbox = Sandbox(Limits(timeout_s=10, cpu_s=2, memory_mb=256))
     result = evaluate(benchmark, model, tok, records, Settings(sandbox_workers=2), sandbox, progress=False)
     assert [s["correct"] for s in result.samples] == [True, True, False, False]
     assert result.metrics["pass_at_1"] == 50.0 and result.metrics["n"] == 4
     assert [s["verdict"]["status"] for s in result.samples] == ["passed", "passed", "failed", "timeout"]
     assert result.samples[1]["extracted"]["mode"] == "completion"
-    assert result.details["sandbox"]["isolation"] == sandbox.mode
+    assert result.details["sandbox"]["isolation"] == sandbox.mode == result.metrics["sandbox_isolation"]
+
+
+def test_code_verdicts_come_from_the_tests_not_the_exit_status(tiny, monkeypatch):
+    """A wrong answer that exits 0 before the tests is judged failed by the benchmark
+    protocol too (it used to run code + tests as one program and read its exit status:
+    checked, this sample was correct then). Extraction drops a bare ``sys.exit(0)``
+    statement, but not one inside an assignment."""
+    model, tok = tiny
+    records = [humaneval_record(0)]
+    sig = records[0]["meta"]["prompt"].splitlines()[0]
+    canned(monkeypatch, [f"```python\n{sig}\n    return a - b\n\nimport sys\n_ = sys.exit(0)\n```"])
+    sandbox = Sandbox(Limits(timeout_s=10, cpu_s=2, memory_mb=256))
+    result = evaluate("humaneval", model, tok, records, Settings(), sandbox, progress=False)
+    assert [s["correct"] for s in result.samples] == [False]
+    assert "before the tests ran" in result.samples[0]["verdict"]["reason"]
 
 
 def test_records_are_checked_before_any_work():
@@ -150,3 +167,33 @@ def test_evaluate_stage_reports_user_errors_before_loading(tmp_path, tiny_dir, m
     write_jsonl(tmp_path / "data/tasks/mmlu/evaluation.jsonl", [bad])
     assert stage.main(["tiny", "mmlu", "--model", str(tiny_dir)]) == 2
     assert "answer in A-D" in capsys.readouterr().err
+
+
+def test_evaluate_stage_warns_on_a_fallback_and_can_require_kernel_isolation(tmp_path, tiny_dir, monkeypatch,
+                                                                             capsys):
+    """Where kernel isolation is unavailable (here: no unshare), ``isolation: namespaces``
+    stops the stage before any model is loaded, and ``auto`` runs it with a warning, the
+    mode in details.json and in the metrics, whence the results table takes it."""
+    import pipeline.sandbox as sandbox_module
+
+    stage = _stage_module()
+    monkeypatch.chdir(tmp_path)
+    real = sandbox_module._which
+    monkeypatch.setattr(sandbox_module, "_which", lambda name: None if name == "unshare" else real(name))
+    write_jsonl(tmp_path / "data/tasks/humaneval/evaluation.jsonl", [humaneval_record(0)])
+    params = {"evaluation": {"dtype": "float32", "benchmarks": {"humaneval": {"limit": 1, "max_new_tokens": 4}},
+                             "sandbox": {"timeout_s": 10, "isolation": "namespaces"}}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    with monkeypatch.context() as m:
+        m.setattr("pipeline.loading.load_model", lambda *a, **k: pytest.fail("model loaded before the sandbox check"))
+        assert stage.main(["tiny", "humaneval", "--model", str(tiny_dir), "--no-progress"]) == 2
+    assert "cannot run Python here" in capsys.readouterr().err
+    params["evaluation"]["sandbox"]["isolation"] = "auto"
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    assert stage.main(["tiny", "humaneval", "--model", str(tiny_dir), "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert "WARNING: code sandbox: isolation=process" in err and "isolation: namespaces" in err
+    metrics = json.loads((tmp_path / "metrics/eval/tiny/humaneval.json").read_text())["humaneval"]["tiny"]
+    details = json.loads((tmp_path / "artifacts/eval/tiny/humaneval/details.json").read_text())
+    assert metrics["sandbox_isolation"] == details["sandbox"]["isolation"] == "process"
+    assert details["sandbox"]["fallback_note"].startswith("fell back to process")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import yaml
-from dvc_project import repro, sh, write_params
+from dvc_project import RUNNING, repro, sh, write_params
 
 
 def set_param(root, dotted: str, value) -> None:
@@ -22,12 +22,20 @@ def test_pipeline_runs_then_caches_and_reruns_only_what_changed(reproduced_copy)
     root, env, first = reproduced_copy
     assert {"align", "extract@toy", "attribute@toy", "pair@toy", "fisher@toy", "embed@toy",
             "frontier@toy-s0-L01", "frontier@toy-s0-L02", "export@toy-0", "quality@toy-0",
+            "heldout-target@toy", "heldout-semalign@toy-0",
             "evaluate-reference@source-toy", "evaluate-reference@target-toy", "evaluate-semalign@toy-0",
             "report"} <= first
     results = (root / "metrics/results.md").read_text()
     assert "semalign" in results and "source" in results
+    assert "### Held-out agreement" in results and "| toy | semalign-s0 |" in results
+    assert "each model against the untouched target" in results and "### Budgets" in results
     quality = json.loads((root / "metrics/quality/toy-s0.json").read_text())
-    assert {"target_kl", "semalign_kl", "target_top1", "semalign_top1"} <= set(quality)
+    assert {"target_layer_agreement", "semalign_layer_agreement", "positions", "target_kl",
+            "semalign_kl"} <= set(quality)
+    assert abs(quality["kl_reduction"] - (quality["target_kl"] - quality["semalign_kl"])) < 1e-9
+    assert quality["kl_reduction_low"] <= quality["kl_reduction"] <= quality["kl_reduction_high"]
+    heldout = json.loads((root / "metrics/heldout/target/toy.json").read_text())
+    assert heldout["toy"]["target"]["kl"] >= 0 and heldout["toy"]["target"]["examples"] == 4
 
     assert repro(root, env) == set()
     assert json.loads(sh(root, env, "dvc", "status", "--json")) == {}
@@ -35,11 +43,15 @@ def test_pipeline_runs_then_caches_and_reruns_only_what_changed(reproduced_copy)
     set_param(root, "frontier.steps", 2)
     ran = repro(root, env)
     chain_and_after = {"frontier@toy-s0-L01", "frontier@toy-s0-L02", "export@toy-0", "quality@toy-0", "analysis@toy-0",
-                       "curve@toy-0", "evaluate-semalign@toy-0"}
-    assert chain_and_after <= ran <= chain_and_after | {"report"}  # report only if a score moved
+                       "evaluate-semalign@toy-0", "heldout-semalign@toy-0", "curve@toy-0",
+                       "report"}  # report: the budget changed
+    assert chain_and_after <= ran <= chain_and_after
 
+    set_param(root, "quality.max_positions", 3)
+    assert repro(root, env) == {"quality@toy-0"}  # the per-layer budget concerns SemAlign's stage only
     set_param(root, "quality.batch_size", 2)
-    assert repro(root, env) == {"quality@toy-0"}
+    held = {"quality@toy-0", "heldout-target@toy", "heldout-semalign@toy-0"}
+    assert held <= repro(root, env) <= held | {"report"}  # report only if a value moved
 
     set_param(root, "pairing.strategy", "floor")
     ran = repro(root, env)
@@ -88,5 +100,30 @@ def test_comparison_runs_every_seed_of_every_method_and_reports_mean_std_and_cos
     assert math.isnan(tab.loc["source", "wall_min"]) and tab.loc["source", "runs"] == 1
     md = (root / "metrics/results.md").read_text()
     assert "semalign (2 seeds)" in md and "sft (2 seeds)" in md and "cost: wall (min)" in md
+    assert {"heldout-sft@toy-0", "heldout-kd@toy-1"} <= ran and "heldout-target@toy" not in ran  # scored once
+    for run in ("semalign-s1", "sft-s0", "kd-s1"):
+        assert f"| toy | {run} |" in md  # held-out and paired rows, one per seed's run
+    assert tab.loc["sft", "optimizer_steps"] == 2 and tab.loc["sft", "examples_seen"] == 6  # max_steps 2 of 3
     costs = {p.stem for p in (root / "metrics/cost/frontier").glob("*.json")}
     assert costs == {"toy-s0-L01", "toy-s0-L02", "toy-s1-L01", "toy-s1-L02"}
+
+
+def test_a_mismatched_vocabulary_stops_the_pipeline_before_any_source_pass(reproduced_copy, tmp_path):
+    """A source whose tokenizer swaps two ids: `dvc repro` fails at the vocab stage, naming
+    them, and the source passes (extract, attribute), whose inputs changed, do not run.
+    Rejects source passes that do not wait for the vocabulary check (DVC would run them
+    first: checked by removing artifacts/vocab.json from their deps)."""
+    import subprocess
+
+    from pipeline.tiny import swap_tokens
+
+    root, env, _ = reproduced_copy
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["models"]["source"] = str(swap_tokens(params["models"]["source"], tmp_path / "swapped"))
+    write_params(root, params, n_layers=2)
+    run = subprocess.run(["dvc", "repro", "extract@toy", "attribute@toy"], cwd=root, env=env, capture_output=True,
+                         text=True)
+    log = run.stdout + run.stderr
+    assert run.returncode != 0 and "tokenizers differ: id 100" in log, log
+    ran = set(RUNNING.findall(log))
+    assert "vocab" in ran and not {"extract@toy", "attribute@toy"} & ran, ran

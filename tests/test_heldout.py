@@ -10,7 +10,8 @@ from pipeline.adapter import ModelAdapter
 from pipeline.curve import curve_points, heldout_curve
 from pipeline.export import install_block
 from pipeline.frontier import States, train_block
-from pipeline.heldout import agreement
+from pipeline.errors import PipelineError
+from pipeline.heldout import Agreement, agreement, difference, score
 from pipeline.loading import load_model
 from pipeline.stats import paired_bootstrap
 from test_method import stage_inputs
@@ -45,6 +46,43 @@ def test_agreement_per_example_matches_an_explicit_forward(tiny_pair):
         assert float(got.top1[i]) == sum(hits[a:b])
         assert int(got.positions[i]) == b - a
     assert got.mean_kl == pytest.approx(sum(kls) / len(kls), rel=1e-4)
+
+
+def test_score_in_batches_matches_an_explicit_forward(tiny_pair):
+    """The heldout stages' whole-model scoring, in batches of 2 over 3+ examples, against the HF
+    forward (rejects concatenating batch outputs out of example order, dropping the last
+    partial batch, or scoring the states before the last block)."""
+    source, target = tiny_pair
+    tgt, _, _, output, _, enc = stage_inputs(source, target, 1)
+    got = score(tgt, enc, output.topk_ids, output.topk_logits, batch_size=2, progress=False)
+    kls, hits = explicit_kl_and_hits(tgt.model, enc, output.topk_ids, output.topk_logits)
+    offsets = enc.offsets().tolist()
+    assert len(enc.ids) >= 3 and len(got.kl) == len(enc.ids)
+    for i in range(len(enc.ids)):
+        a, b = offsets[i], offsets[i + 1]
+        assert float(got.kl[i]) == pytest.approx(sum(kls[a:b]), rel=1e-4, abs=1e-6)
+        assert float(got.top1[i]) == sum(hits[a:b])
+    with pytest.raises(PipelineError, match="re-run the extract stage"):
+        score(tgt, enc, output.topk_ids[1:], output.topk_logits[1:], batch_size=2, progress=False)
+
+
+def test_difference_to_the_reference_by_hand():
+    """Two examples with 2 and 6 positions: reference KL sums 4 and 6 (mean 10/8), model 2 and 3
+    (mean 5/8): difference -5/8; top-1 hits 1+3 vs 2+6: +4/8. Identical records give a zero
+    interval; records scored on different examples are refused (rejects unweighted per-example
+    means, -0.75 here, and a reference-minus-model sign)."""
+    ref = Agreement(torch.tensor([4.0, 6.0], dtype=torch.float64), torch.tensor([1.0, 3.0], dtype=torch.float64),
+                    torch.tensor([2, 6]))
+    model = Agreement(torch.tensor([2.0, 3.0], dtype=torch.float64), torch.tensor([2.0, 6.0], dtype=torch.float64),
+                      torch.tensor([2, 6]))
+    d = difference(ref, model, n_boot=500)
+    assert d["kl_diff"] == pytest.approx(-5 / 8) and d["top1_diff"] == pytest.approx(4 / 8)
+    assert d["kl_diff_low"] <= d["kl_diff"] <= d["kl_diff_high"] and (d["examples"], d["positions"]) == (2, 8)
+    same = difference(ref, ref, n_boot=200)
+    assert same["kl_diff"] == same["kl_diff_low"] == same["kl_diff_high"] == 0
+    other = Agreement(model.kl, model.top1, torch.tensor([3, 5]))
+    with pytest.raises(PipelineError, match="same examples"):
+        difference(ref, other)
 
 
 def test_paired_bootstrap_by_hand():
@@ -167,12 +205,13 @@ def test_residual_interface_reads_the_block_contribution(tiny_pair):
 def test_block_numbers_from_the_end():
     """-n names the n-th block from the end, so a setting carries over to another depth;
     rejects an off-by-one (-1 must be the last block, -4 of 24 block 21)."""
+    from pipeline.chain import block_number
     from pipeline.frontier import FrontierConfig
 
     cfg = FrontierConfig(kl_from=-4, layer_from=-4)
     assert [k for k in range(1, 25) if cfg.has_output_kl(k, 24)] == [21, 22, 23, 24]
     assert [k for k in range(1, 25) if cfg.has_layer_objective(k, 24)] == [21, 22, 23]
-    assert FrontierConfig.first_block(-1, 32) == 32 and FrontierConfig.first_block(5, 32) == 5
+    assert block_number(-1, 32) == 32 and block_number(5, 32) == 5
     assert [k for k in range(1, 25) if FrontierConfig(kl_from=0).has_output_kl(k, 24)] == [24]
     assert not any(FrontierConfig(layer_weight=0.0).has_layer_objective(k, 24) for k in range(1, 25))
 

@@ -66,3 +66,28 @@ def test_bad_pairings_are_refused():
         validate_pairing({"pairs": [1, 2, 9], "n_source": 4, "n_target": 3})
     with pytest.raises(PipelineError, match="order-preserving"):
         validate_pairing({"pairs": [1, 3, 2], "n_source": 4, "n_target": 3})
+
+
+def test_reported_critical_layers_are_the_ones_the_critical_map_moves():
+    """The attribute stage reports ``critical_layers`` and the ``critical`` strategy moves layers:
+    both must rank alike, by the signed score ("highest-scoring", as the attributed windows).
+    Rejects one of them ranking by |score| (the old ``critical_layers``), which here reports
+    layer 2 (score -9) while the map moves layer 5 (score 1), and both ranking by |score|."""
+    import random
+
+    from pipeline.pairing import critical_layers
+
+    scores = [0.1, -9.0, 0.2, 0.3, 1.0, 0.4]  # 6 -> 4: base map [1, 3, 4, 6] leaves 2 and 5 unpaired
+    assert critical_layers(scores, 1) == [5]
+    assert pair_layers("critical", 6, 4, scores)["pairs"] == [1, 3, 4, 5]
+    rng = random.Random(0)
+    for trial in range(200):
+        n_s, n_t = rng.choice([(6, 4), (40, 32), (28, 24), (5, 2)])
+        n = rng.randint(1, 3)
+        scores = [rng.uniform(-1, 1) for _ in range(n_s)]
+        pairs = pair_layers("critical", n_s, n_t, scores, n_critical=n)["pairs"]
+        moved = set(pairs) - set(base_map(n_s, n_t))
+        unpaired_critical = set(critical_layers(scores, n)) - set(base_map(n_s, n_t))
+        assert moved <= unpaired_critical, (trial, scores, n)
+        if n == 1:  # with several, a later one can take the same target block
+            assert critical_layers(scores, 1)[0] in pairs, (trial, scores)

@@ -138,3 +138,150 @@ def test_cost_columns_sum_a_methods_stages_per_seed(tmp_path):
     assert math.isnan(tab.loc["source", "wall_min"])
     md = markdown(tab.reset_index(), "source")
     assert "cost: wall (min)" in md and "| 7.00 ± 0.47 | 10.74 ± 0.00 |" in md
+
+
+def test_the_table_carries_the_code_sandbox_isolation(tmp_path):
+    """Each code-benchmark score says which sandbox isolation judged it (from its metrics), and
+    a run judged without kernel isolation is flagged under the table. Fails on a report that
+    drops ``sandbox_isolation``: no column, no note."""
+    for model, modes in (("source", ("namespaces+nobody", "namespaces+nobody")),
+                         ("semalign-s0", ("namespaces+nobody", "process"))):
+        write_metrics(tmp_path, model, (50.0, 20.0, 18.0, 19.0))
+        for bench, mode in zip(("humaneval", "mbpp"), modes):
+            path = tmp_path / model / f"{bench}.json"
+            record = json.loads(path.read_text())
+            record[bench][model]["sandbox_isolation"] = mode
+            path.write_text(json.dumps(record))
+    tab = table(collect(tmp_path), "source")
+    assert dict(zip(tab["model"], tab["sandbox"])) == {"source": "namespaces+nobody",
+                                                       "semalign": "namespaces+nobody, process"}
+    md = markdown(tab, "source")
+    assert "code sandbox isolation (HumanEval, MBPP): `namespaces+nobody` for source, semalign; " \
+           "`process` for semalign." in md
+    assert "**Warning**: semalign had generated code judged without kernel isolation" in md
+
+
+# --- budgets and paired comparisons -------------------------------------------------------
+def small_params() -> dict:
+    import yaml
+
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["tasks"] = ["mmlu"]
+    params["tasks_config"] = {"mmlu": {"attribution": 2, "transfer": 8, "validation": 4, "evaluation": 10}}
+    params["frontier"].update(steps=4, batch_size=4, layer_from=1, layer_weight=1.0, kl_from=0)
+    params["baselines"]["enabled"] = {"sft": ["mmlu"], "kd": [], "hidden_kd": [], "seeking": [], "laten": []}
+    params["baselines"]["sft"]["train"].update(epochs=3, max_steps=0, batch_size=4)
+    return params
+
+
+def test_budget_columns_beside_the_cost():
+    """SemAlign on 2 blocks x 4 steps x 4 = 32 examples, 8 steps; SFT 3 epochs x 2 steps of 4 =
+    24 examples, 6 steps; the reference rows have none. Rejects a budget attached to the wrong
+    method, or SemAlign's per-block numbers shown as its total."""
+    from pipeline import budget
+    from pipeline.report import budget_frame, budget_markdown
+
+    budgets = budget_frame(budget.run_budgets(small_params(), {"mmlu": 2}))
+    long = pd.DataFrame([{"model": m, "benchmark": "mmlu", "score": 40.0, "ci95_low": 30.0, "ci95_high": 50.0,
+                          "n": 10} for m in ("source", "target", "semalign-s0", "sft-s0")])
+    tab = table(long, "source", ["source", "target", "semalign", "sft"], budgets=budgets).set_index("model")
+    assert (tab.loc["semalign", "examples_seen"], tab.loc["semalign", "optimizer_steps"]) == (32, 8)
+    assert (tab.loc["sft", "examples_seen"], tab.loc["sft", "optimizer_steps"]) == (24, 6)
+    assert math.isnan(tab.loc["target", "examples_seen"])
+    md = markdown(tab.reset_index(), "source")
+    assert "| budget: examples seen | optimizer steps |" in md and "| 32 | 8 |" in md and "| 24 | 6 |" in md
+    section = budget_markdown(budgets)
+    assert "| mmlu | semalign | 8 | 2.00 | 32 | 8 | 4 | trained blocks 2, steps per block 4 |" in section
+    assert "| mmlu | sft | 8 | 3.00 | 24 | 6 | 4 |" in section
+
+
+def write_samples(root: Path, model: str, bench: str, verdicts) -> None:
+    from pipeline.data import write_jsonl
+
+    rows = [{"id": f"{bench}-{i}", "correct": v} for i, v in enumerate(verdicts)]
+    write_jsonl(root / model / bench / "samples.jsonl", rows)
+
+
+def write_heldout(root: Path, model: str, task: str, kl, top1, positions) -> None:
+    write_json(root / model / f"{task}.json", {"model_key": model, "task": task,
+                                               "ids": [f"v{i}" for i in range(len(kl))],
+                                               "kl": kl, "top1": top1, "positions": positions})
+
+
+@pytest.fixture
+def paired_inputs(paper_metrics, tmp_path):
+    """Target and SemAlign (seed 0) on 10 MMLU items and 4 GSM8K items, held-out records on mmlu."""
+    samples, heldout = tmp_path / "samples", tmp_path / "heldout"
+    write_samples(samples, "target", "mmlu", [True, True, False, False, True] + [False] * 5)
+    write_samples(samples, "semalign-s0", "mmlu", [True, False, True, True, True] + [True] * 5)
+    # GSM8K verdicts: the headline is "flexible"; "strict" disagrees on purpose
+    write_samples(samples, "target", "gsm8k", [{"flexible": f, "strict": not f} for f in (True, False, False, False)])
+    write_samples(samples, "semalign-s0", "gsm8k", [{"flexible": f, "strict": True} for f in (True, True, True, False)])
+    write_heldout(heldout, "target", "mmlu", [4.0, 6.0], [1.0, 3.0], [2, 6])
+    write_heldout(heldout, "semalign-s0", "mmlu", [2.0, 3.0], [2.0, 6.0], [2, 6])
+    return samples, heldout
+
+
+def run_report(tmp_path, metrics, samples, heldout, params: Path):
+    spec = importlib.util.spec_from_file_location("report_stage", ROOT / "stages" / "report.py")
+    stage = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(stage)
+    out = tmp_path / "out"
+    status = stage.main(["--metrics-dir", str(metrics), "--params", str(params), "--cost-dir", str(tmp_path / "nocost"),
+                         "--heldout-dir", str(heldout), "--samples-dir", str(samples),
+                         "--chain", str(tmp_path / "chain.yaml"),
+                         "--out-md", str(out / "results.md"), "--out-csv", str(out / "results.csv"),
+                         "--out-json", str(out / "results.json"), "--plot-csv", str(out / "plots.csv"),
+                         "--plot-png", str(out / "results.png")])
+    return status, out
+
+
+def test_report_shows_paired_tests_and_heldout_intervals(paper_metrics, paired_inputs, tmp_path):
+    """MMLU: 7 items SemAlign alone gets right, 1 the target alone: +60.0 points, exact McNemar
+    p = 2 * 9 / 256 = 0.0703, not significant. GSM8K on the flexible verdicts: 2 gained, 0
+    lost, +50.0, p = 0.5 (the strict ones would give 3 gained). Held-out: KL 10/8 -> 5/8 =
+    -0.6250, top-1 +50.0 points. Rejects verdicts read from "strict", a target-minus-model
+    sign, an unpaired test and a missing "not significant"."""
+    samples, heldout = paired_inputs
+    status, out = run_report(tmp_path, paper_metrics, samples, heldout, tmp_path / "none.yaml")
+    assert status == 0
+    md = (out / "results.md").read_text()
+    assert "| mmlu | semalign-s0 | 10 | +60.0 [" in md and "| 7 / 1 | 0.0703 | not significant |" in md
+    assert "| gsm8k | semalign-s0 | 4 | +50.0 [" in md and "| 2 / 0 | 0.5 | not significant |" in md
+    assert "| mmlu | target | 1.2500 | (reference) |" in md
+    assert "| mmlu | semalign-s0 | 0.6250 | -0.6250 [" in md
+    # what n can detect, at the observed discordance (8 of 10 items; 2 of 4 on GSM8K)
+    assert "- mmlu: n = 10, discordance 80% observed: a difference of 73.8 points or more is detected" in md
+    assert "- gsm8k: n = 4, discordance 50% observed: no difference is detected" in md
+    summary = json.loads((out / "results.json").read_text())
+    assert summary["paired"]["mmlu"]["semalign-s0"]["p"] == pytest.approx(2 * 9 / 256, abs=1e-6)
+    assert summary["heldout"]["mmlu"]["semalign-s0"]["kl_diff"] == pytest.approx(-0.625)
+    assert "results" in summary and "### Budgets" not in md  # no params.yaml, no chain: no budget stated
+
+
+def test_report_refuses_items_that_do_not_pair(paper_metrics, paired_inputs, tmp_path):
+    """A model evaluated on other items than the target (here one fewer) fails the report with a
+    fix, instead of being paired on the overlap or by position."""
+    samples, heldout = paired_inputs
+    write_samples(samples, "sft-s0", "mmlu", [True] * 9)  # one item short
+    status, _ = run_report(tmp_path, paper_metrics, samples, heldout, tmp_path / "none.yaml")
+    assert status == 2
+
+
+def test_report_stage_states_budgets_from_params_and_chain(paper_metrics, paired_inputs, tmp_path):
+    """The stage reads the target depth from chain.yaml (2 blocks here: 32 examples, not the
+    24-block 384) and the budget from params.yaml."""
+    import yaml
+
+    from pipeline.chain import build_chain
+
+    samples, heldout = paired_inputs
+    params = small_params()
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    (tmp_path / "chain.yaml").write_text(yaml.safe_dump({"chain": build_chain(["mmlu"], 2, [0])}))
+    status, out = run_report(tmp_path, paper_metrics, samples, heldout, tmp_path / "params.yaml")
+    assert status == 0
+    md = (out / "results.md").read_text()
+    assert "### Budgets" in md and "| mmlu | sft | 8 | 3.00 | 24 | 6 | 4 |" in md
+    csv = pd.read_csv(out / "results.csv").set_index("model")
+    assert csv.loc["semalign", "examples_seen"] == 32 and csv.loc["semalign", "optimizer_steps"] == 8

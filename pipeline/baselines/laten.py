@@ -37,6 +37,9 @@ KEYS = {"train", "modules", "rate", "rates", "extract_examples", "align_examples
         "mse_weight", "init_std", "hidden", "eval_every", "attribution_vocab"}
 
 Key = tuple[int, str]  # (1-based target block, module)
+# The paper's D_extract (locating) and D_align (training) are separate small sets; here the
+# attribution split locates and the transfer split trains (pipeline.budget caps by their sizes).
+EXTRACT_SPLIT, ALIGN_SPLIT = "attribution", "transfer"
 
 
 @dataclass(frozen=True)
@@ -80,7 +83,7 @@ def prepare(ctx: Context) -> LatenSettings:
                             "attribution_vocab >= 0, init_std > 0",
                             "fix those keys in params.yaml")
     ctx.require_models(source=True)
-    ctx.require_splits("attribution", "transfer", "validation")
+    ctx.require_splits(EXTRACT_SPLIT, ALIGN_SPLIT, "validation")
     ctx.require_deeper_source()
     return s
 
@@ -231,8 +234,8 @@ def select(adapter: ModelAdapter, transfer: Transfer, checkpoints: dict[int, dic
 
 def run(ctx: Context, s: LatenSettings) -> Result:
     tok = ctx.tokenizer()
-    extract = ctx.encode(tok, "attribution", limit=s.extract_examples)
-    align = ctx.encode(tok, "transfer", limit=s.align_examples)
+    extract = ctx.encode(tok, EXTRACT_SPLIT, limit=s.extract_examples)
+    align = ctx.encode(tok, ALIGN_SPLIT, limit=s.align_examples)
     validation = ctx.encode(tok, "validation", limit=s.val_examples)
     with ctx.cost.phase("load"):
         source, target = ctx.load_source(), ctx.load_target()

@@ -1,7 +1,9 @@
 """SEEKING (Zhong et al., ICLR 2024): sensitivity-located source sub-matrices as a LoRA start.
 
 1. Sensitivity of every source weight over the seed examples, S = sum_k |theta * dL_k/dtheta|
-   (per-example loss, absolute value per example, as the paper's code does).
+   (per-example loss, absolute value per example, as the paper's code does). The seeds are
+   the first ``seed_examples`` of the transfer split: the paper draws its 32 seeds from the
+   1,000-example training file, which is what the transfer split is here.
 2. Layer score = sum of a block's sensitivities; keep the L_t best source blocks in order,
    the i-th kept one feeds target block i.
 3. Per weight matrix, the contiguous target-shaped window of the source matrix with the
@@ -32,6 +34,7 @@ from pipeline.errors import PipelineError
 from pipeline.training import TrainSettings
 
 KEYS = {"train", "seed_examples", "rank", "modules"}
+SEED_SPLIT = "transfer"  # where the seed examples come from (pipeline.budget caps by its size)
 
 Key = tuple[int, str]  # (1-based block, module role)
 
@@ -62,7 +65,7 @@ def prepare(ctx: Context) -> SeekingSettings:
     if s.seed_examples < 1:
         raise PipelineError("baselines.seeking.seed_examples must be at least 1", "the paper uses 32")
     ctx.require_models(source=True)
-    ctx.require_splits("attribution", "transfer")
+    ctx.require_splits(SEED_SPLIT, "transfer")
     ctx.require_deeper_source()
     return s
 
@@ -203,7 +206,7 @@ def inject(peft_model, factors: dict[Key, tuple[torch.Tensor, torch.Tensor]], sc
 
 def run(ctx: Context, s: SeekingSettings) -> Result:
     tok = ctx.tokenizer()
-    seed_data = ctx.encode(tok, "attribution", limit=s.seed_examples)
+    seed_data = ctx.encode(tok, SEED_SPLIT, limit=s.seed_examples)
     transfer = ctx.encode(tok, "transfer")
     with ctx.cost.phase("load"):
         source, target = ctx.load_source(), ctx.load_target()

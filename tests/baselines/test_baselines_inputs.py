@@ -14,7 +14,7 @@ import torch
 from pipeline.baselines import runner
 from pipeline.cost import measure
 from pipeline.errors import PipelineError
-from pipeline.training import TrainSettings, plan
+from pipeline.training import TrainSettings, n_steps, plan
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -116,6 +116,18 @@ def test_plan_is_seeded_and_capped():
     assert len(a) == 5 and all(torch.equal(x, y) for x, y in zip(a, b))
     assert not all(torch.equal(x, y) for x, y in zip(a, c))
     assert sorted(torch.cat(plan(10, TrainSettings(batch_size=4), 0)).tolist()) == list(range(10))
+
+
+def test_max_steps_overrides_epochs_and_runs_further_epochs():
+    """params.yaml's "max_steps: 4" with one epoch over 6 examples at batch 4 must give 4 steps
+    (two epochs, each a fresh shuffle of all 6), not the 2 of the epoch. Rejects the old plan
+    that only cut the epochs short (2 steps here), and one that repeats an epoch's order."""
+    steps = plan(6, TrainSettings(epochs=1, batch_size=4, max_steps=4), 0)
+    assert [len(s) for s in steps] == [4, 2, 4, 2]
+    first, second = torch.cat(steps[:2]).tolist(), torch.cat(steps[2:]).tolist()
+    assert sorted(first) == sorted(second) == list(range(6)) and first != second
+    assert len(plan(6, TrainSettings(epochs=3, batch_size=4), 0)) == 6  # max_steps 0: epochs x ceil(6 / 4)
+    assert n_steps(6, TrainSettings(epochs=3, batch_size=4, max_steps=4)) == 4
 
 
 def test_cost_measures_time_and_its_own_peak():

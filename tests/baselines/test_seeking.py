@@ -131,11 +131,15 @@ def test_model_is_unchanged_at_step_zero(tiny_root, dtype, tol):
 
 
 def test_seeking_end_to_end(params, project):
+    """Also: the seeds come from the transfer split (16 examples here), as the paper draws its
+    32 from the training file; reading them from the 8-example attribution split gives 8."""
+    params["baselines"]["seeking"]["seed_examples"] = 12
     ctx = runner.make_context(params, "seeking", "toy", 0, project)
     out = runner.output_dir(project, "toy", "seeking", 0)
     runner.run(ctx, out)
     log = json.loads((out / "log.json").read_text())
     assert len(log["layer_scores"]) == 6 and len(log["source_layers"]) == 4
+    assert log["n_seed_examples"] == 12
     losses = [e["loss"] for e in log["train"]]
     assert losses[-1] < losses[0]
     from transformers import AutoModelForCausalLM
