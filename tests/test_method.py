@@ -243,7 +243,7 @@ def test_interpolate_pairing_supervises_with_the_mixed_source_state(tmp_path):
     from pipeline import layout
     from pipeline.alignment import align
     from pipeline.artifacts import read_json, save_tensors, write_json
-    from pipeline.supervision import source_loader, source_state
+    from pipeline.supervision import aligned_state, source_loader, source_state
 
     torch.manual_seed(0)
     hidden = {layer: torch.randn(7, 16) for layer in range(6)}
@@ -418,7 +418,8 @@ def test_fisher_stage_and_frontier_share_one_temperature(tiny_pair, tmp_path, mo
     params["models"]["compute_dtype"] = "float32"
     params["extract"]["hidden_dtype"] = "float32"
     params["fisher"].update(tau=2.0, top_k=tgt.vocab_size)
-    params["frontier"].update(steps=0, batch_size=16)  # one batch: the mean over all positions
+    # one batch: the mean over all positions; the layer objective alone, on every block
+    params["frontier"].update(steps=0, batch_size=16, kl_from=0, layer_from=1, layer_weight=1.0)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "argv", ["stages.fisher", "toy"])
