@@ -56,6 +56,10 @@ def changed_params(row: pd.Series, base: pd.Series, params: list[str]) -> str:
 def table(frame: pd.DataFrame, run: str) -> pd.DataFrame:
     """One row per experiment of the workspace's commit, the baseline (the commit) first."""
     params = [c for c in frame.columns if c.startswith(PARAM_PREFIXES) and not c.startswith("chain.")]
+    if "rev" in frame.columns:  # the workspace row holds uncommitted params, not a sweep's commit
+        frame = frame[frame["rev"] != "workspace"]
+    if "State" in frame.columns:  # a running (or orphaned) experiment shows its parent's metrics
+        frame = frame[frame["State"].isna() | (frame["State"] == "Success")]
     commit = frame[frame["typ"].isin(["baseline"])] if "typ" in frame.columns else frame.iloc[[0]]
     if commit.empty:
         raise PipelineError("the experiments table has no baseline row", "commit the workspace before the sweep")
@@ -122,7 +126,10 @@ def main() -> None:
     ap.add_argument("--rev", action="append", help="a commit the sweep was queued from (default: HEAD; repeat "
                     "for a sweep queued from several commits with the same params)")
     args = ap.parse_args()
-    df = table(exp_show_csv(args.rev), f"{args.task}-s{args.seed}")
+    try:
+        df = table(exp_show_csv(args.rev), f"{args.task}-s{args.seed}")
+    except PipelineError as err:
+        raise SystemExit(f"error: {err}") from None
     args.out.mkdir(parents=True, exist_ok=True)
     with atomic_path(args.out / "ablations.csv") as tmp:
         df.to_csv(tmp, index=False)
