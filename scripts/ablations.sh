@@ -19,7 +19,7 @@ if [ ${#sweeps[@]} -eq 0 ]; then
   sweeps=(
     "frontier.layer_weight=0,0.1,1"                          # the layer objective's weight
     "frontier.kl_from=0"                                     # output KL on the last block only
-    "frontier.lr=0.00002"                                   # YAML 1.1 reads 2e-5 (no dot) as a string
+    "frontier.lr=2e-5"
     "frontier.trainable=lora frontier.lr=1e-3"              # LoRA adapters start at 0: a larger lr
     "frontier.objective=cosine,relation frontier.layer_weight=1"   # objectives at full weight
     "fisher.interface=residual frontier.layer_weight=1"      # vs fisher at full weight above
