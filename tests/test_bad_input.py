@@ -253,3 +253,21 @@ def test_vocab_stage_refuses_a_mismatched_pair_from_tokenizer_files_alone(tiny_p
     (models / "target/config.json").write_text(json.dumps({**config, "vocab_size": 384}))
     with pytest.raises(PipelineError, match="LM heads have 320 .source. vs 384 .target. rows"):
         vocab.main()
+
+
+def test_frontier_reads_numbers_that_yaml_left_as_strings():
+    """`dvc exp run -S frontier.lr=2e-5` writes `lr: 2e-05`, which YAML 1.1 reads as a string; the
+    frontier must train with 2e-5, not crash in validate (as a queued lr sweep once did), and a
+    word where a number belongs must fail naming the key."""
+    from pipeline.frontier import frontier_config
+
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["frontier"].update(lr="2e-05", steps="16", layer_weight="1e-2")
+    cfg = frontier_config(params, seed=0)
+    assert (cfg.lr, cfg.steps, cfg.layer_weight) == (2e-5, 16, 0.01) and isinstance(cfg.steps, int)
+    params["frontier"]["lr"] = "fast"
+    with pytest.raises(PipelineError, match="frontier.lr must be a number"):
+        frontier_config(params, seed=0)
+    params["frontier"].update(lr=1e-4, steps=2.5)
+    with pytest.raises(PipelineError, match="frontier.steps must be a whole number"):
+        frontier_config(params, seed=0)
