@@ -111,7 +111,7 @@ def plot(df: pd.DataFrame, path: Path) -> None:
     ax.axvline(0, c="grey", ls="--", lw=1)
     ax.set_yticks(list(y), df["changed"])
     ax.invert_yaxis()
-    ax.set_xlabel("change of held-out KL(source || target) vs the untouched target (95 % paired CI)")
+    ax.set_xlabel("held-out KL(source || model) change vs the untouched target\n(95 % paired CI; left of 0 = closer to the source)")
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
