@@ -16,8 +16,8 @@ from tqdm.auto import tqdm
 
 from pipeline.adapter import ModelAdapter
 from pipeline.artifacts import check_finite
-from pipeline.chain import block_number
 from pipeline.data import batches
+from pipeline.chain import block_number
 from pipeline.errors import PipelineError
 from pipeline.loading import torch_dtype
 from pipeline.objectives import check_objective, cosine_loss, fisher_loss, output_kl, relation_loss
