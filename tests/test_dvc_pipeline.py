@@ -77,7 +77,7 @@ def test_comparison_runs_every_seed_of_every_method_and_reports_mean_std_and_cos
 
     root, env, _ = reproduced_copy
     params = yaml.safe_load((root / "params.yaml").read_text())
-    params["seeds"] = [0, 1]
+    params["seeds"] = params["baselines"]["seeds"] = [0, 1]
     params["baselines"]["enabled"].update(sft=["toy"], kd=["toy"])
     for method in ("sft", "kd"):
         params["baselines"][method]["train"].update(max_steps=2, batch_size=3)

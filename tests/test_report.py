@@ -191,8 +191,8 @@ def test_budget_columns_beside_the_cost():
     md = markdown(tab.reset_index(), "source")
     assert "| budget: examples seen | optimizer steps |" in md and "| 32 | 8 |" in md and "| 24 | 6 |" in md
     section = budget_markdown(budgets)
-    assert "| mmlu | semalign | 8 | 2.00 | 32 | 8 | 4 | trained blocks 2, steps per block 4 |" in section
-    assert "| mmlu | sft | 8 | 3.00 | 24 | 6 | 4 |" in section
+    assert "| mmlu | semalign | 0 | 8 | 2.00 | 32 | 8 | 4 | trained blocks 2, steps per block 4 |" in section
+    assert "| mmlu | sft | 0 | 8 | 3.00 | 24 | 6 | 4 |" in section
 
 
 def write_samples(root: Path, model: str, bench: str, verdicts) -> None:
@@ -282,6 +282,6 @@ def test_report_stage_states_budgets_from_params_and_chain(paper_metrics, paired
     status, out = run_report(tmp_path, paper_metrics, samples, heldout, tmp_path / "params.yaml")
     assert status == 0
     md = (out / "results.md").read_text()
-    assert "### Budgets" in md and "| mmlu | sft | 8 | 3.00 | 24 | 6 | 4 |" in md
+    assert "### Budgets" in md and "| mmlu | sft | 0 | 8 | 3.00 | 24 | 6 | 4 |" in md
     csv = pd.read_csv(out / "results.csv").set_index("model")
     assert csv.loc["semalign", "examples_seen"] == 32 and csv.loc["semalign", "optimizer_steps"] == 8

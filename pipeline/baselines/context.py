@@ -18,7 +18,7 @@ from pipeline.loading import DTYPES, load_model, load_tokenizer
 from pipeline.lora import LoraSettings
 from pipeline.training import TrainSettings
 
-COMMON_KEYS = {"enabled", "compute_dtype", "save_dtype", "lora"}
+COMMON_KEYS = {"seeds", "enabled", "compute_dtype", "save_dtype", "lora"}
 
 
 @dataclass(frozen=True)
