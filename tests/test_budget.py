@@ -136,3 +136,14 @@ def test_dvc_runs_the_baselines_at_their_seeds_and_semalign_at_its_own():
     assert len(baseline) == 3 * len(budget.BASELINES)
     assert {per_seed[n] for n in baseline} == {"${baselines.seeds}"}
     assert {per_seed[n] for n in set(per_seed) - baseline} == {"${seeds}"}
+
+
+@pytest.mark.parametrize("preset", [None, *PRESETS], ids=lambda p: "params.yaml" if p is None else p.name)
+def test_every_preset_scores_the_untouched_target(tmp_path, preset):
+    """The paired tests compare every model with the untouched target: each preset evaluates it,
+    and the references are the pair's two models only (dvc.yaml's evaluate-reference loops over
+    them, reading models/NAME)."""
+    refs = preset_params(tmp_path, preset)["evaluation"]["references"]
+    assert "target" in refs and set(refs) <= {"source", "target"} and len(set(refs)) == len(refs)
+    stage = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["evaluate-reference"]
+    assert stage["matrix"]["model"] == "${evaluation.references}"
