@@ -57,8 +57,6 @@ def run(args: argparse.Namespace) -> None:
     with atomic_path(args.plot_png) as tmp:
         bar_chart(plot, tmp)
     print(md)
-    if top:  # last, so it is what a finished `dvc repro` leaves on the screen
-        print(top)
 
 
 def main(argv: list[str] | None = None) -> int:
