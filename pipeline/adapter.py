@@ -104,11 +104,11 @@ class ModelAdapter:
         self.check_layer(k)
         return f"{self.spec.backbone}.{self.spec.layers}.{k - 1}."
 
-    def rebuild_buffers(self) -> None:
-        """Recompute buffers that are derived, not stored (rotary frequencies), after a load
-        that built the model on the meta device."""
+    def rebuild_buffers(self, device: str | torch.device = "cpu") -> None:
+        """Recompute buffers that are derived, not stored (rotary frequencies), on ``device``,
+        after a load that built the model on the meta device."""
         rotary = getattr(self.backbone, self.spec.rotary)
-        setattr(self.backbone, self.spec.rotary, type(rotary)(config=self.config))
+        setattr(self.backbone, self.spec.rotary, type(rotary)(config=self.config).to(device))
 
     # --- per-block linear modules -------------------------------------------------------
     @property

@@ -113,5 +113,5 @@ def check_finite(name: str, value: torch.Tensor | float, where: str) -> None:
         raise PipelineError(
             f"{name} became NaN or Inf in {where}",
             "lower the learning rate, enable gradient clipping (frontier.grad_clip), "
-            "or compute in float32 (frontier.compute_dtype: float32)",
+            "or train in float32 (compute.train_dtype: float32)",
         )

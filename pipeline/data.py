@@ -120,6 +120,11 @@ class EncodedSplit:
         counts = self.supervised.sum(dim=1)
         return torch.cat([torch.zeros(1, dtype=torch.long), counts.cumsum(0)])
 
+    def to(self, device: str | torch.device) -> "EncodedSplit":
+        """The same split with its tensors on ``device`` (where the model computes)."""
+        return EncodedSplit(self.ids, self.input_ids.to(device), self.attention_mask.to(device),
+                            self.supervised.to(device))
+
     def tensors(self) -> dict[str, torch.Tensor]:
         return {
             "input_ids": self.input_ids,

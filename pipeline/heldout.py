@@ -55,10 +55,10 @@ def position_agreement(adapter: ModelAdapter, h_last: torch.Tensor, src_ids: tor
     kls, hits = [], []
     for i in range(0, h_last.shape[0], chunk):
         logp_t = torch.log_softmax(adapter.logit_lens(h_last[i:i + chunk]).float(), dim=-1)
-        logp_s = torch.log_softmax(src_logits[i:i + chunk].float(), dim=-1)
-        ids = src_ids[i:i + chunk]
-        kls.append((logp_s.exp() * (logp_s - logp_t.gather(-1, ids))).sum(-1).double())
-        hits.append(logp_t.argmax(-1) == ids[:, 0])
+        logp_s = torch.log_softmax(src_logits[i:i + chunk].to(logp_t.device).float(), dim=-1)
+        ids = src_ids[i:i + chunk].to(logp_t.device)
+        kls.append((logp_s.exp() * (logp_s - logp_t.gather(-1, ids))).sum(-1).double().cpu())
+        hits.append((logp_t.argmax(-1) == ids[:, 0]).cpu())
     if not kls:
         return torch.zeros(0, dtype=torch.float64), torch.zeros(0, dtype=torch.bool)
     return torch.cat(kls), torch.cat(hits)

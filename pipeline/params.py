@@ -41,7 +41,10 @@ def frontier_config(params: dict, seed: int):
 
     f = dict(section(params, "frontier"))
     lora = f.pop("lora", {}) or {}
-    known = set(FrontierConfig.__dataclass_fields__) - {"interface", "seed"}
+    from pipeline.compute import settings
+
+    train_dtype = settings(params).train_dtype  # frontier.compute_dtype moved to compute.train_dtype
+    known = set(FrontierConfig.__dataclass_fields__) - {"interface", "seed", "compute_dtype"}
     if "kl_every_stage" in f:
         raise PipelineError("frontier.kl_every_stage has become frontier.kl_from (the first block trained with the "
                             "output KL too)", "replace `kl_every_stage: true` by `kl_from: 1` and "
@@ -50,6 +53,7 @@ def frontier_config(params: dict, seed: int):
     if unknown:
         raise PipelineError(f"unknown frontier params {unknown}", f"use only {sorted(known)} (and lora:)")
     cfg = FrontierConfig(**f, interface=str(section(params, "fisher").get("interface", "state")),
+                         compute_dtype=train_dtype,
                          lora_r=lora.get("r", 16), lora_alpha=lora.get("alpha", 16),
                          lora_dropout=lora.get("dropout", 0.05),
                          lora_targets=list(lora.get("targets", FrontierConfig().lora_targets)),
@@ -84,11 +88,6 @@ def task_and_seed(argv: list[str]) -> tuple[str, int]:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     return args.task, args.seed
-
-
-def compute_dtype(params: dict) -> str:
-    """Precision models are loaded in for computation (float32 on CPUs without bf16 units)."""
-    return str(section(params, "models").get("compute_dtype", "float32"))
 
 
 def storage_dtype(params: dict) -> str:

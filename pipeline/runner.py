@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from pipeline.errors import PipelineError
+from pipeline.parallel import is_main_process
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,8 @@ def guarded(name: str, main: Callable[[], object], cost: CostTag | None = None) 
         print(f"[{name}] error: {exc}", file=sys.stderr)
         return 2
     wall, peak = time.perf_counter() - start, peak_rss_mb()
+    if not is_main_process():
+        return 0  # under several processes the main one (rank 0) reports and records the stage
     if cost is not None:
         write_cost(name, cost, wall, peak)
     print(f"[{name}] done in {wall:.1f} s, peak RSS {peak:.0f} MB", file=sys.stderr)

@@ -102,7 +102,7 @@ def _stage(tmp_path: Path, tiny_dir: Path, *args: str) -> subprocess.CompletedPr
 
 
 def test_evaluate_stage_writes_metrics_and_samples(tmp_path, tiny_dir, monkeypatch):
-    params = {"evaluation": {"dtype": "float32", "batch_size": 4,
+    params = {"evaluation": {"batch_size": 4,
                              "benchmarks": {"mmlu": {"limit": 3}, "gsm8k": {"limit": 2, "max_new_tokens": 8}},
                              "sandbox": {"timeout_s": 5}}}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
@@ -138,7 +138,7 @@ def test_evaluate_stage_reports_user_errors_before_loading(tmp_path, tiny_dir, m
     stage = _stage_module()
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr("pipeline.loading.load_model", lambda *a, **k: pytest.fail("model loaded before checks"))
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"evaluation": {"dtype": "float32"}}))
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"evaluation": {}}))
     assert stage.main(["tiny", "mmlu", "--model", str(tiny_dir)]) == 2
     err = capsys.readouterr().err
     assert "task file" in err and "fix:" in err
