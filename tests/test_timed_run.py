@@ -31,6 +31,9 @@ def test_timer_reports_each_stage_from_one_run(tmp_path):
     stages = {r["stage"]: r for r in record["stages"]}
     assert list(stages) == ["extract@mmlu", "frontier@mmlu-s0-L01"]
     assert [k["kind"] for k in record["kinds"]] == ["extract", "frontier"]
+    extract = record["kinds"][0]
+    assert extract["work_s"] == 0.2 and extract["overhead_s"] == round(extract["wall_s"] - 0.2, 1) > 0
+    assert 0 < extract["overhead_share"] < 1 and "overhead" in out.stdout
     assert stages["extract@mmlu"]["peak_rss_mb"] == 1234 and stages["extract@mmlu"]["work_s"] == 0.2
     assert 0.35 <= stages["extract@mmlu"]["wall_s"] < 2.0  # from its Running line to the next one
     assert record["setup_s"] >= 0.3 and record["total_s"] >= 0.9
