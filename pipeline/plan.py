@@ -33,6 +33,7 @@ from typing import Any, Callable
 
 import yaml
 
+from pipeline.chain import block_number
 from pipeline.errors import PipelineError
 from pipeline.sizes import ModelShape
 
@@ -245,13 +246,15 @@ def estimate(kind: str, stages: int, x: Inputs) -> StagePlan:
             + 3 * batch * s.width * src.vocab * 4
         return StagePlan(kind, stages, stages * 2048, device, 0, "activations of every layer kept for one backward")
     if kind == "fisher":
-        def one(task: str) -> int:
+        first = max(1, block_number(int((p.get("frontier") or {}).get("layer_from", 1)), tgt.layers))
+
+        def one(task: str) -> int:  # layer 0, then the blocks with a layer objective (frontier.layer_from)
             s = x.split(task, "transfer")
             k = min(int((p.get("fisher") or {}).get("top_k", 64)), tgt.vocab)
             layer = file_bytes(s.positions * (tgt.width * x.hidden_bytes + k * 16) + tgt.vocab * 4, 5)
-            return s.positions * tgt.width * x.hidden_bytes + HEADER + (tgt.layers - 1) * layer
+            return s.positions * tgt.width * x.hidden_bytes + HEADER + max(0, tgt.layers - first) * layer
         return StagePlan(kind, stages, per_task(one), tgt.parameters * cb + 256 * tgt.vocab * 4 * 4, 0,
-                         "aligned state + top-K Fisher statistics per target layer")
+                         f"aligned state + top-K Fisher statistics of blocks {first}..{tgt.layers - 1}")
     if kind == "embed":
         s = max((x.split(t, "transfer") for t in x.tasks), key=lambda v: v.examples * v.width)
         return StagePlan(kind, stages, per_task(lambda t: _states_bytes(x, x.split(t, "transfer"))),
@@ -262,10 +265,18 @@ def estimate(kind: str, stages: int, x: Inputs) -> StagePlan:
         disk = seeds * per_task(lambda t: tgt.layers * (block + _states_bytes(x, x.split(t, "transfer")) + LOG_FILES))
         s = max((x.split(t, "transfer") for t in x.tasks), key=lambda v: v.examples * v.width)
         batch = max(1, math.ceil(int(f.get("batch_size", 4)) / x.processes))
+        kl_from = int(f.get("kl_from", 0))
+        # The first block trained with the output KL loads and runs blocks k..L and the whole LM head.
+        loaded = tgt.layers - (max(1, block_number(kl_from, tgt.layers)) if kl_from else tgt.layers) + 1
         trained = tgt.block_parameters * (2 * x.train_bytes + 8)  # weights, gradient, AdamW moments
-        device = tgt.head_parameters * cb + trained + _block_act(tgt, batch, s.width, 4, True)
+        device = (tgt.head_parameters * x.train_bytes + (loaded - 1) * tgt.block_parameters * cb + trained
+                  + _block_act(tgt, batch, s.width, x.train_bytes, True)  # the trained block
+                  + (loaded - 1) * _block_act(tgt, batch, s.width, cb, True)  # the gradient flows back through these
+                  + 3 * batch * s.width * tgt.vocab * 4)  # float32 logits, log-softmax and their gradient
         host = s.examples * s.width * tgt.width * (x.storage_bytes + 4)
-        return StagePlan(kind, stages, disk, device, host, "one block + h^(k) of the transfer split per stage")
+        return StagePlan(kind, stages, disk, device, host,
+                         f"one block + h^(k) per stage; device: blocks {tgt.layers - loaded + 1}..{tgt.layers} "
+                         "(output KL)")
     if kind == "export":
         disk = seeds * len(x.tasks) * (x.checkpoint_bytes(tgt) + x.target_files)
         return StagePlan(kind, stages, disk, 0, tgt.parameters * 4, "on the CPU")
@@ -274,11 +285,16 @@ def estimate(kind: str, stages: int, x: Inputs) -> StagePlan:
         device = tgt.parameters * cb + tgt.layers * _block_act(tgt, 4, s.width, cb, True) // 3
         return StagePlan(kind, stages, stages * (x.checkpoint_bytes(tgt) + x.target_files), device, 0,
                          "one merged model per run")
-    if kind in ("quality", "analysis", "curve"):
+    if kind in ("quality", "analysis", "curve", "heldout"):
         s = max((x.split(t, "validation") for t in x.tasks), key=lambda v: v.positions)
+        models = 2 if kind in ("quality", "analysis") else 1  # the untouched target and the transferred one
+        device = models * tgt.parameters * cb + 256 * tgt.vocab * 4 * 3  # + a chunk of full-vocabulary logits
+        if kind == "curve":  # the split's states through every block, on the device
+            device += s.examples * s.width * tgt.width * cb
         host = tgt.layers * s.positions * tgt.width * 4 if kind == "analysis" else 0
-        return StagePlan(kind, stages, stages * 64 * 1024, 2 * tgt.parameters * cb + 256 * tgt.vocab * 4 * 3, host,
-                         "metrics and plots")
+        per_stage = 128 * 1024 if kind == "curve" else 64 * 1024  # JSON records (and a PNG for curve)
+        return StagePlan(kind, stages, stages * per_stage, device, host,
+                         "per-example records" if kind == "heldout" else "metrics and plots")
     if kind.startswith("evaluate"):
         bench = (p.get("evaluation") or {}).get("benchmarks") or {}
         new = max([int((b or {}).get("max_new_tokens", 256)) for b in bench.values()] or [256])
@@ -286,7 +302,7 @@ def estimate(kind: str, stages: int, x: Inputs) -> StagePlan:
         kv = 2 * src.layers * batch * (new + 1024) * src.width * cb  # an upper bound: full heads
         return StagePlan(kind, stages, stages * 256 * 1024, src.parameters * cb + kv, 0,
                          "samples and metrics; device: the larger model + its KV cache")
-    return StagePlan(kind, stages, 0, 0, 0, "small or not estimated")
+    return StagePlan(kind, stages, 0, 0, 0, "no model; JSON/JSONL records (not sized)")
 
 
 def make_inputs(params: dict, root: Path) -> Inputs:
@@ -324,7 +340,7 @@ def plan(params: dict, root: Path = Path(".")) -> tuple[list[StagePlan], Inputs]
     counts = stage_counts(yaml.safe_load((root / "dvc.yaml").read_text()), {**params, **(chain or {})})
     kinds: dict[str, int] = {}
     for name, n in counts.items():
-        kind = "evaluate" if name.startswith("evaluate") else name
+        kind = next((k for k in ("evaluate", "heldout") if name.startswith(k)), name)
         kinds[kind] = kinds.get(kind, 0) + n
     if "frontier" in kinds:  # the chain.yaml on disk may be for other params (a preset): count from them
         kinds["frontier"] = len(x.tasks) * len(params.get("seeds") or [0]) * x.target.layers

@@ -52,6 +52,13 @@ def test_paper_preset_plans_offline_from_the_shipped_configs(tmp_path, capsys):
     assert by["frontier"].stages == len(params["tasks"]) * len(params["seeds"]) * 32
     assert by["extract"].disk_bytes > 10e9 and by["frontier"].disk_bytes > by["extract"].disk_bytes
     assert by["extract"].device_bytes > 13e9 * 2  # the 13B source's bf16 weights and more
+    assert not [r.kind for r in rows if r.kind.startswith(("heldout-", "evaluate-"))]  # one row per kind
+    assert by["heldout"].device_bytes > x.target.parameters * 2  # a whole target in bf16
+    # Fisher statistics only for the blocks with a layer objective (frontier.layer_from: -4 of 32 blocks).
+    assert "blocks 29..31" in by["fisher"].note
+    every = with_preset(params, ROOT / "presets" / "paper-llama2.yaml")
+    every["frontier"]["layer_from"] = 1
+    assert {r.kind: r for r in plan(every, tmp_path)[0]}["fisher"].disk_bytes > 5 * by["fisher"].disk_bytes
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(load_params(ROOT / "params.yaml")))
     assert main([str(ROOT / "presets" / "paper-llama2.yaml"), "--params", str(tmp_path / "params.yaml")]) == 0
     out = capsys.readouterr().out
