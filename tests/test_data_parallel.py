@@ -87,9 +87,16 @@ def test_tiny_pipeline_with_two_processes_equals_one(reproduced_project, reprodu
             (root / "metrics/eval" / model / "toy.json").read_text()
         assert (one / "artifacts/eval" / model / "toy/samples.jsonl").read_text() == \
             (root / "artifacts/eval" / model / "toy/samples.jsonl").read_text()
+    # Held-out agreement per example (each batch scored on its own, gathered in batch order): the
+    # untouched target's bit for bit (SemAlign's below, with the trained blocks).
+    assert (one / "artifacts/heldout/target/toy.json").read_text() == \
+        (root / "artifacts/heldout/target/toy.json").read_text()
     # Training: DDP on the same global batches, equal within float tolerance.
     _assert_tensors(one, root, str(art / "frontier"), exact=False)
     _assert_tensors(one, root, str(art / "model-s0"), exact=False)
+    h1, h2 = (json.loads((r / "artifacts/heldout/semalign-s0/toy.json").read_text()) for r in (one, root))
+    assert h1["ids"] == h2["ids"] and h1["positions"] == h2["positions"]
+    assert h2["kl"] == pytest.approx(h1["kl"], rel=1e-4, abs=1e-6)
     q1, q2 = (json.loads((r / "metrics/quality/toy-s0.json").read_text()) for r in (one, root))
     assert q1.keys() == q2.keys() and all(q2[k] == pytest.approx(q1[k], rel=1e-4, abs=1e-6) for k in q1)
     a1, a2 = (json.loads((r / "metrics/analysis/toy-s0.json").read_text()) for r in (one, root))
