@@ -2,7 +2,7 @@
 and the peak memory one process needs on its device and on the host, from the models'
 configs and the task files alone (no weights are read).
 
-    python -m pipeline.plan [PRESET] [--params params.yaml] [--json]
+    python -m pipeline.plan [PRESET] [--params params.yaml] [--processes N] [--json]
 
 With a preset the plan is for params.yaml with the preset applied (nothing is written).
 
@@ -305,7 +305,7 @@ def estimate(kind: str, stages: int, x: Inputs) -> StagePlan:
     return StagePlan(kind, stages, 0, 0, 0, "no model; JSON/JSONL records (not sized)")
 
 
-def make_inputs(params: dict, root: Path) -> Inputs:
+def make_inputs(params: dict, root: Path, processes: int | None = None) -> Inputs:
     from pipeline.compute import DTYPE_NAMES, process_count, settings
 
     s = settings(params)
@@ -322,7 +322,10 @@ def make_inputs(params: dict, root: Path) -> Inputs:
               for name in ("attribution", "transfer", "validation")}
     storage = str(models.get("dtype", "bfloat16"))
     hidden = str((params.get("extract") or {}).get("hidden_dtype", "bfloat16"))
-    processes = process_count(s) if s.processes != "auto" or on_gpu else 1
+    if processes is None:  # what compute.processes gives on this machine
+        processes = process_count(s) if s.processes != "auto" or on_gpu else 1
+    elif processes < 1:
+        raise PipelineError(f"--processes is {processes}", "plan for at least 1 process")
     return Inputs(params, source, target, splits, DTYPE_BYTES[compute], DTYPE_BYTES[storage], DTYPE_BYTES[hidden],
                   DTYPE_BYTES[s.train_dtype], tokenizer_bytes(local["source"], source.vocab),
                   tokenizer_bytes(local["target"], target.vocab), processes)
@@ -334,8 +337,10 @@ def _has_cuda() -> bool:
     return cuda_count() > 0
 
 
-def plan(params: dict, root: Path = Path(".")) -> tuple[list[StagePlan], Inputs]:
-    x = make_inputs(params, root)
+def plan(params: dict, root: Path = Path("."), processes: int | None = None) -> tuple[list[StagePlan], Inputs]:
+    """The plan for ``params``; ``processes``: per data-parallel stage (default: what
+    compute.processes gives on this machine; give the GPU count to plan another machine)."""
+    x = make_inputs(params, root, processes)
     chain = yaml.safe_load((root / "chain.yaml").read_text()) if (root / "chain.yaml").is_file() else {}
     counts = stage_counts(yaml.safe_load((root / "dvc.yaml").read_text()), {**params, **(chain or {})})
     kinds: dict[str, int] = {}
@@ -391,6 +396,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("preset", nargs="?", type=Path, help="a preset to plan for (params.yaml is not changed)")
     ap.add_argument("--params", type=Path, default=Path("params.yaml"))
+    ap.add_argument("--processes", type=int, help="plan for N data-parallel processes (a machine with N GPUs); "
+                                                   "default: what compute.processes gives on this machine")
     ap.add_argument("--json", action="store_true", help="one JSON record per stage kind instead of the table")
     args = ap.parse_args(argv)
 
@@ -398,7 +405,7 @@ def main(argv: list[str] | None = None) -> int:
         params = load_params(args.params)
         if args.preset:
             params = with_preset(params, args.preset)
-        rows, x = plan(params, args.params.parent)
+        rows, x = plan(params, args.params.parent, args.processes)
         print(json.dumps([asdict(r) for r in rows], indent=1) if args.json else render(rows, x))
 
     return guarded("plan", run)

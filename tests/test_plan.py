@@ -56,6 +56,10 @@ def test_paper_preset_plans_offline_from_the_shipped_configs(tmp_path, capsys):
     assert by["heldout"].device_bytes > x.target.parameters * 2  # a whole target in bf16
     # Fisher statistics only for the blocks with a layer objective (frontier.layer_from: -4 of 32 blocks).
     assert "blocks 29..31" in by["fisher"].note
+    # Eight processes (a machine with eight GPUs): a frontier process holds 8 of the 64 examples.
+    eight = {r.kind: r for r in plan(params, tmp_path, processes=8)[0]}
+    assert eight["frontier"].device_bytes < by["frontier"].device_bytes / 2
+    assert eight["extract"].device_bytes == by["extract"].device_bytes  # whole batches per process
     every = with_preset(params, ROOT / "presets" / "paper-llama2.yaml")
     every["frontier"]["layer_from"] = 1
     assert {r.kind: r for r in plan(every, tmp_path)[0]}["fisher"].disk_bytes > 5 * by["fisher"].disk_bytes
