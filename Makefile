@@ -19,8 +19,10 @@ setup: $(BIN)/activate
 assets: setup
 	PATH="$(CURDIR)/$(BIN):$$PATH" bash scripts/setup_assets.sh
 
+# Ends with the report's headline (the report need not be the last stage DVC runs).
 run: assets
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
+	@awk '/^### Headline/ {on = 1} on && /^\|/ {exit} on' metrics/results.md
 
 test: setup
 	$(BIN)/python -m pytest -q

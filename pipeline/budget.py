@@ -20,13 +20,13 @@ The numbers are computed by the same functions that run (``training.plan``,
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from pipeline.baselines import METHODS as BASELINES
 from pipeline.errors import PipelineError
 from pipeline.frontier import frontier_config
-from pipeline.params import section
+from pipeline.params import baseline_seeds, section, seeds
 
 SPLITS = ("attribution", "transfer", "validation")
 
@@ -44,9 +44,11 @@ class Budget:
     batch_size: int
     extra: dict[str, int] = field(default_factory=dict)  # method-specific sizes (seed examples, ...)
     capped: tuple[str, ...] = ()  # paper settings a split was too small for
+    seeds: tuple[int, ...] = ()  # the training seeds it runs with: one run each
 
     def row(self) -> dict[str, Any]:
-        return {"method": self.method, "task": self.task, "examples_used": self.examples_used,
+        return {"method": self.method, "task": self.task, "seeds": list(self.seeds),
+                "examples_used": self.examples_used,
                 "passes": round(self.passes, 4), "examples_seen": self.examples_seen,
                 "optimizer_steps": self.optimizer_steps, "batch_size": self.batch_size,
                 "extra": dict(self.extra), "capped": list(self.capped)}
@@ -136,6 +138,12 @@ def enabled(params: dict) -> dict[str, list[str]]:
     return {"semalign": tasks, **{m: [t for t in (switched.get(m) or []) if t in tasks] for m in BASELINES}}
 
 
+def method_seeds(params: dict) -> dict[str, list[int]]:
+    """Method -> its training seeds: SemAlign's ``seeds``, every baseline's ``baselines.seeds``
+    (dvc.yaml's matrices loop over the same two lists)."""
+    return {"semalign": seeds(params), **{m: baseline_seeds(params) for m in BASELINES}}
+
+
 def chain_depths(chain: dict) -> dict[str, int]:
     """Target depth per task: the deepest block of its frontier chain (chain.yaml)."""
     from pipeline.chain import parse_key
@@ -154,10 +162,11 @@ def run_budgets(params: dict, n_layers: dict[str, int]) -> list[Budget]:
     if missing:
         raise PipelineError(f"the frontier chain has no blocks for the tasks {missing}",
                             "run `python -m pipeline.chain` to rewrite chain.yaml for params.yaml's tasks")
-    runs = enabled(params)
+    runs, run_seeds = enabled(params), method_seeds(params)
     out = []
     for task in params.get("tasks") or []:  # task by task, SemAlign first: the order of the budget table
-        out += [semalign(params, task, n_layers[task]) if method == "semalign" else baseline(params, method, task)
+        out += [replace(semalign(params, task, n_layers[task]) if method == "semalign"
+                        else baseline(params, method, task), seeds=tuple(run_seeds[method]))
                 for method, tasks in runs.items() if task in tasks]
     return out
 

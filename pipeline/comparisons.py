@@ -187,3 +187,27 @@ def summary(heldout: pd.DataFrame, paired: pd.DataFrame, reference: str = REFERE
             "ci_high": round(float(r["ci_high"]), 6), "p": round(float(r["p"]), 6),
             "significant": bool(r["significant"])}
     return out
+
+
+def headline(heldout: pd.DataFrame, paired: pd.DataFrame, method: str = "semalign",
+             reference: str = REFERENCE) -> str:
+    """A few lines a researcher reads first: each run of ``method`` against the untouched target,
+    its held-out KL change with the interval and each benchmark's paired test. Empty when
+    neither was measured."""
+    def runs(tab: pd.DataFrame) -> pd.DataFrame:
+        return tab[tab["model"].map(lambda m: m == method or m.startswith(f"{method}-s"))] if len(tab) else tab
+
+    lines = []
+    for _, r in runs(heldout).iterrows():
+        lines.append(f"- {r['model']} on {r['task']}, held-out KL(source ‖ model): {r['kl'] - r['kl_diff']:.4f} "
+                     f"({reference}) -> {r['kl']:.4f}, change {r['kl_diff']:+.4f} [95% CI {r['kl_diff_low']:+.4f}, "
+                     f"{r['kl_diff_high']:+.4f}]{_verdict(r['kl_diff_low'], r['kl_diff_high'])} "
+                     f"({int(r['examples'])} validation examples, {int(r['positions'])} positions)")
+    for _, r in runs(paired).iterrows():
+        verdict = "significant" if r["significant"] else "not significant"
+        lines.append(f"- {r['model']} on {r['benchmark']}: accuracy {_pp(r['diff'])} points vs {reference} "
+                     f"[95% CI {_pp(r['ci_low'])}, {_pp(r['ci_high'])}], {int(r['model_only'])} gained / "
+                     f"{int(r['target_only'])} lost, exact McNemar p = {r['p']:.3g}, {verdict} (n = {int(r['n'])})")
+    if not lines:
+        return ""
+    return "\n".join(["### Headline: SemAlign against the untouched target", ""] + lines) + "\n"

@@ -35,14 +35,23 @@ def check_task(params: dict, task: str) -> None:
                             "add it to tasks and run `python -m pipeline.chain` to extend the chain")
 
 
-def seeds(params: dict) -> list[int]:
-    """The training seeds every method runs with (params.yaml ``seeds``)."""
-    values = params.get("seeds", [0])
+def _seed_list(values, key: str, example: str) -> list[int]:
     if not isinstance(values, list) or not values or not all(isinstance(v, int) and v >= 0 for v in values) \
             or len(set(values)) != len(values):
-        raise PipelineError(f"seeds must be a non-empty list of distinct integers >= 0, got {values!r}",
-                            "write e.g. `seeds: [0, 1, 2]` in params.yaml")
+        raise PipelineError(f"{key} must be a non-empty list of distinct integers >= 0, got {values!r}",
+                            f"write e.g. {example} in params.yaml")
     return values
+
+
+def seeds(params: dict) -> list[int]:
+    """SemAlign's training seeds (params.yaml ``seeds``): one frontier chain per seed."""
+    return _seed_list(params.get("seeds", [0]), "seeds", "`seeds: [0, 1, 2]`")
+
+
+def baseline_seeds(params: dict) -> list[int]:
+    """The baselines' training seeds (``baselines.seeds``): each enabled baseline runs once per seed."""
+    block = params.get("baselines") or {}
+    return _seed_list(block.get("seeds"), "baselines.seeds", "`seeds: [0]` under baselines")
 
 
 def check_seed(params: dict, seed: int) -> None:
@@ -50,6 +59,13 @@ def check_seed(params: dict, seed: int) -> None:
     if seed not in listed:
         raise PipelineError(f"seed {seed} is not in params.yaml's seeds {listed}",
                             "add it to seeds and run `python -m pipeline.chain` to extend the chain")
+
+
+def check_baseline_seed(params: dict, seed: int) -> None:
+    listed = baseline_seeds(params)
+    if seed not in listed:
+        raise PipelineError(f"seed {seed} is not in params.yaml's baselines.seeds {listed}",
+                            "add it to baselines.seeds (the baselines' training seeds)")
 
 
 def task_and_seed(argv: list[str]) -> tuple[str, int]:

@@ -193,8 +193,8 @@ def sandbox_note(tab: pd.DataFrame) -> list[str]:
 def budget_frame(budgets) -> pd.DataFrame:
     """``pipeline.budget.Budget`` records as a frame (one row per method and task)."""
     return pd.DataFrame([b.row() for b in budgets],
-                        columns=["method", "task", "examples_used", "passes", "examples_seen", "optimizer_steps",
-                                 "batch_size", "extra", "capped"])
+                        columns=["method", "task", "seeds", "examples_used", "passes", "examples_seen",
+                                 "optimizer_steps", "batch_size", "extra", "capped"])
 
 
 def _budget_columns(budgets: pd.DataFrame | None, group: str) -> dict:
@@ -304,14 +304,16 @@ def budget_markdown(budgets: pd.DataFrame) -> str:
     if budgets is None or budgets.empty:
         return ""
     lines = ["", "### Budgets (params.yaml, pipeline/budget.py)", "",
-             "| task | method | training examples | passes | examples seen | optimizer steps | batch | notes |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| task | method | seeds | training examples | passes | examples seen | optimizer steps | batch | notes |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for _, b in budgets.iterrows():
         notes = ", ".join([f"{k.replace('_', ' ')} {v}" for k, v in b["extra"].items()]
                           + [f"capped: {c}" for c in b["capped"]])
-        lines.append(f"| {b['task']} | {b['method']} | {b['examples_used']} | {b['passes']:.2f} | "
+        seeds = ", ".join(str(s) for s in b["seeds"]) or "–"
+        lines.append(f"| {b['task']} | {b['method']} | {seeds} | {b['examples_used']} | {b['passes']:.2f} | "
                      f"{b['examples_seen']:,} | {b['optimizer_steps']:,} | {b['batch_size']} | {notes} |")
-    lines += ["", "passes: examples seen per training example; SemAlign's per trained block (each block trains "
+    lines += ["", "seeds: the training seeds the method runs with (one run each; the budget is one run's). "
+              "passes: examples seen per training example; SemAlign's per trained block (each block trains "
               "alone on the whole transfer split), so its examples seen and steps are summed over the blocks. "
               "Every baseline gets at least SemAlign's passes (tests/test_budget.py); SEEKING's seeds and "
               "LaTen's extract/align sizes are their papers', capped by the splits that exist."]

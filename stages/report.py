@@ -42,7 +42,8 @@ def run(args: argparse.Namespace) -> None:
     tab = table(collect(args.metrics_dir), source, preferred, collect_costs(args.cost_dir), budgets)
     heldout = order_rows(comparisons.heldout_table(args.heldout_dir), source, preferred, "task")
     paired = order_rows(comparisons.paired_benchmarks(args.samples_dir), source, preferred, "benchmark")
-    md = (markdown(tab, source) + comparisons.heldout_markdown(heldout)
+    top = comparisons.headline(heldout, paired)
+    md = ((top + "\n" if top else "") + markdown(tab, source) + comparisons.heldout_markdown(heldout)
           + comparisons.paired_markdown(paired, comparisons.detectable(paired) if len(paired) else paired)
           + budget_markdown(budgets))
     with atomic_path(args.out_md) as tmp:
@@ -56,6 +57,8 @@ def run(args: argparse.Namespace) -> None:
     with atomic_path(args.plot_png) as tmp:
         bar_chart(plot, tmp)
     print(md)
+    if top:  # last, so it is what a finished `dvc repro` leaves on the screen
+        print(top)
 
 
 def main(argv: list[str] | None = None) -> int:

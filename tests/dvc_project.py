@@ -36,7 +36,7 @@ def tiny_params(source: Path, target: Path, tasks=("toy",)) -> dict:
     params["extract"].update(batch_size=4, top_k=16)
     params["fisher"]["top_k"] = 16
     params["frontier"].update(steps=3, batch_size=3, lr=1e-3)
-    params["evaluation"].update(batch_size=4, benchmarks={"toy": {"max_new_tokens": 12}})
+    params["evaluation"].update(batch_size=4, benchmarks={"toy": {"max_new_tokens": 12}}, references=["source", "target"])
     return params
 
 

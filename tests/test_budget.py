@@ -36,6 +36,7 @@ def test_no_preset_gives_a_method_fewer_passes_than_semalign(tmp_path, preset):
     runs = [b for task in params["tasks"] for b in budget.task_budgets(params, task, n_layers=4)]
     assert budget.shortfalls(runs) == []
     assert {b.method for b in runs} == {"semalign", *budget.BASELINES}
+    assert set(budget.method_seeds(params)) == {"semalign", *budget.BASELINES}  # both seed lists valid
 
 
 def small_params() -> dict:
@@ -104,3 +105,45 @@ def test_bad_split_sizes_fail_with_a_fix():
     del params["tasks_config"]["toy"]["transfer"]
     with pytest.raises(PipelineError, match="integer sizes"):
         budget.baseline(params, "sft", "toy")
+
+
+def test_semalign_and_the_baselines_have_their_own_seeds():
+    """SemAlign at seeds [0, 1], the baselines at [3]: each budget row names its own; one list
+    used for both (the old single `seeds`) would give the baselines [0, 1]."""
+    params = small_params()
+    params["seeds"], params["baselines"]["seeds"] = [0, 1], [3]
+    params["baselines"]["enabled"] = {"sft": ["toy"], "kd": ["toy"], "hidden_kd": [], "seeking": [], "laten": []}
+    runs = {b.method: b.seeds for b in budget.run_budgets(params, {"toy": 4})}
+    assert runs == {"semalign": (0, 1), "sft": (3,), "kd": (3,)}
+
+
+@pytest.mark.parametrize("bad", [None, [], [0, 0], [-1], ["0"]])
+def test_bad_baseline_seeds_fail_with_a_fix(bad):
+    params = small_params()
+    params["baselines"]["seeds"] = bad
+    with pytest.raises(PipelineError, match="baselines.seeds must be") as err:
+        budget.run_budgets(params, {"toy": 4})
+    assert "under baselines" in err.value.fix
+
+
+def test_dvc_runs_the_baselines_at_their_seeds_and_semalign_at_its_own():
+    """Every stage of a baseline (training, held-out, evaluation) loops over baselines.seeds;
+    SemAlign's per-seed stages over seeds. A baseline stage left on `seeds` would run (and the
+    report would expect) runs the budget does not count."""
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    per_seed = {name: st["matrix"]["seed"] for name, st in stages.items() if "seed" in (st.get("matrix") or {})}
+    baseline = {n for n in per_seed if n.split("-", 1)[-1] in budget.BASELINES}
+    assert len(baseline) == 3 * len(budget.BASELINES)
+    assert {per_seed[n] for n in baseline} == {"${baselines.seeds}"}
+    assert {per_seed[n] for n in set(per_seed) - baseline} == {"${seeds}"}
+
+
+@pytest.mark.parametrize("preset", [None, *PRESETS], ids=lambda p: "params.yaml" if p is None else p.name)
+def test_every_preset_scores_the_untouched_target(tmp_path, preset):
+    """The paired tests compare every model with the untouched target: each preset evaluates it,
+    and the references are the pair's two models only (dvc.yaml's evaluate-reference loops over
+    them, reading models/NAME)."""
+    refs = preset_params(tmp_path, preset)["evaluation"]["references"]
+    assert "target" in refs and set(refs) <= {"source", "target"} and len(set(refs)) == len(refs)
+    stage = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["evaluate-reference"]
+    assert stage["matrix"]["model"] == "${evaluation.references}"

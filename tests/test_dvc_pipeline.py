@@ -77,7 +77,7 @@ def test_comparison_runs_every_seed_of_every_method_and_reports_mean_std_and_cos
 
     root, env, _ = reproduced_copy
     params = yaml.safe_load((root / "params.yaml").read_text())
-    params["seeds"] = [0, 1]
+    params["seeds"] = params["baselines"]["seeds"] = [0, 1]
     params["baselines"]["enabled"].update(sft=["toy"], kd=["toy"])
     for method in ("sft", "kd"):
         params["baselines"][method]["train"].update(max_steps=2, batch_size=3)
@@ -127,3 +127,44 @@ def test_a_mismatched_vocabulary_stops_the_pipeline_before_any_source_pass(repro
     assert run.returncode != 0 and "tokenizers differ: id 100" in log, log
     ran = set(RUNNING.findall(log))
     assert "vocab" in ran and not {"extract@toy", "attribute@toy"} & ran, ran
+
+
+def test_results_are_collected_only_up_to_date_or_said_partial(reproduced_copy):
+    """scripts/collect_results.sh copies a finished run's report with its params, lock and
+    commit; it refuses a run whose stages no longer match params.yaml (nothing written), and
+    with --partial collects it while naming the stages that did not run."""
+    import subprocess
+
+    root, env, _ = reproduced_copy
+
+    def collect(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["bash", "scripts/collect_results.sh", *args], cwd=root, env=env,
+                              capture_output=True, text=True)
+
+    done = collect("results/full")
+    assert done.returncode == 0, done.stderr
+    provenance = (root / "results/full/PROVENANCE").read_text()
+    assert provenance.startswith("commit: ") and "(not part of the report): none" in provenance
+    assert (root / "results/full/results.md").read_text() == (root / "metrics/results.md").read_text()
+    set_param(root, "frontier.lr", 0.5)  # changed, not rerun: the chain no longer matches params.yaml
+    stale = collect("results/stale")
+    assert stale.returncode == 2 and "out of date" in stale.stderr and not (root / "results/stale").exists()
+    part = collect("results/part", "--partial")
+    assert part.returncode == 0, part.stderr
+    assert "frontier@toy-s0-L01" in (root / "results/part/PROVENANCE").read_text()
+
+
+def test_make_run_ends_with_the_reports_headline(reproduced_copy):
+    """The line of the Makefile's `run` target that prints the headline, on the tiny run's
+    report: SemAlign's held-out KL change and its paired benchmark test, nothing of the table."""
+    import re
+    import subprocess
+    from pathlib import Path
+
+    root, _, _ = reproduced_copy
+    makefile = (Path(__file__).resolve().parents[1] / "Makefile").read_text()
+    printer = re.search(r"^\t@(awk .*)$", makefile, re.M).group(1)
+    out = subprocess.run(["bash", "-c", printer], cwd=root, capture_output=True, text=True, check=True).stdout
+    assert out.startswith("### Headline: SemAlign against the untouched target")
+    assert "- semalign-s0 on toy, held-out KL(source ‖ model): " in out and "exact McNemar p = " in out
+    assert "| model |" not in out and out.count("\n- ") == 2

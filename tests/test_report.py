@@ -191,8 +191,8 @@ def test_budget_columns_beside_the_cost():
     md = markdown(tab.reset_index(), "source")
     assert "| budget: examples seen | optimizer steps |" in md and "| 32 | 8 |" in md and "| 24 | 6 |" in md
     section = budget_markdown(budgets)
-    assert "| mmlu | semalign | 8 | 2.00 | 32 | 8 | 4 | trained blocks 2, steps per block 4 |" in section
-    assert "| mmlu | sft | 8 | 3.00 | 24 | 6 | 4 |" in section
+    assert "| mmlu | semalign | 0 | 8 | 2.00 | 32 | 8 | 4 | trained blocks 2, steps per block 4 |" in section
+    assert "| mmlu | sft | 0 | 8 | 3.00 | 24 | 6 | 4 |" in section
 
 
 def write_samples(root: Path, model: str, bench: str, verdicts) -> None:
@@ -257,6 +257,13 @@ def test_report_shows_paired_tests_and_heldout_intervals(paper_metrics, paired_i
     assert summary["paired"]["mmlu"]["semalign-s0"]["p"] == pytest.approx(2 * 9 / 256, abs=1e-6)
     assert summary["heldout"]["mmlu"]["semalign-s0"]["kl_diff"] == pytest.approx(-0.625)
     assert "results" in summary and "### Budgets" not in md  # no params.yaml, no chain: no budget stated
+    # the headline: SemAlign's runs only, the target's KL recovered from the difference, the verdicts
+    top = md[:md.index("| model |")]
+    assert top.startswith("### Headline: SemAlign against the untouched target")
+    assert ("- semalign-s0 on mmlu, held-out KL(source ‖ model): 1.2500 (target) -> 0.6250, change -0.6250 [95% CI "
+            in top)
+    assert "- semalign-s0 on gsm8k: accuracy +50.0 points vs target [95% CI " in top
+    assert "2 gained / 0 lost, exact McNemar p = 0.5, not significant (n = 4)" in top
 
 
 def test_report_refuses_items_that_do_not_pair(paper_metrics, paired_inputs, tmp_path):
@@ -282,6 +289,28 @@ def test_report_stage_states_budgets_from_params_and_chain(paper_metrics, paired
     status, out = run_report(tmp_path, paper_metrics, samples, heldout, tmp_path / "params.yaml")
     assert status == 0
     md = (out / "results.md").read_text()
-    assert "### Budgets" in md and "| mmlu | sft | 8 | 3.00 | 24 | 6 | 4 |" in md
+    assert "### Budgets" in md and "| mmlu | sft | 0 | 8 | 3.00 | 24 | 6 | 4 |" in md
     csv = pd.read_csv(out / "results.csv").set_index("model")
     assert csv.loc["semalign", "examples_seen"] == 32 and csv.loc["semalign", "optimizer_steps"] == 8
+
+
+def test_the_headline_has_every_semalign_run_and_no_other_method():
+    """Two SemAlign seeds and a baseline: one line per SemAlign run and measure, none for SFT;
+    an interval that straddles zero says so."""
+    from pipeline.comparisons import headline
+
+    heldout = pd.DataFrame([
+        {"task": "gsm8k", "model": "target", "kl": 0.25, "top1": 0.8, "examples": 24, "positions": 2000},
+        *[{"task": "gsm8k", "model": m, "kl": 0.25 + d, "top1": 0.8, "examples": 24, "positions": 2000,
+           "kl_diff": d, "kl_diff_low": lo, "kl_diff_high": hi}
+          for m, d, lo, hi in (("semalign-s0", -0.02, -0.04, -0.01), ("semalign-s1", -0.01, -0.03, 0.01),
+                               ("sft-s0", 0.05, 0.03, 0.07))]])
+    paired = pd.DataFrame([{"benchmark": "gsm8k", "model": m, "n": 32, "diff": -0.125, "ci_low": -0.277,
+                            "ci_high": -0.005, "model_only": 0, "target_only": 4, "p": 0.125, "significant": False}
+                           for m in ("semalign-s0", "sft-s0")])
+    top = headline(heldout, paired).splitlines()
+    assert [line.split(",")[0] for line in top[2:]] == [
+        "- semalign-s0 on gsm8k", "- semalign-s1 on gsm8k", "- semalign-s0 on gsm8k: accuracy -12.5 points vs target [95% CI -27.7"]
+    assert top[2].endswith("(24 validation examples, 2000 positions)") and "0.2500 (target) -> 0.2300" in top[2]
+    assert "(not significant)" in top[3] and "(not significant)" not in top[2]
+    assert headline(heldout[heldout["model"] == "target"], paired.iloc[0:0]) == ""

@@ -22,7 +22,7 @@ from pipeline.training import TrainSettings
 if TYPE_CHECKING:
     from pipeline.compute import Placement
 
-COMMON_KEYS = {"enabled", "save_dtype", "lora"}
+COMMON_KEYS = {"seeds", "enabled", "save_dtype", "lora"}
 
 
 @dataclass(frozen=True)

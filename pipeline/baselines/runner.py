@@ -20,7 +20,7 @@ from pipeline.baselines.context import COMMON_KEYS, Common, Context, Paths
 from pipeline.compute import settings as compute_settings
 from pipeline.cost import measure
 from pipeline.errors import PipelineError
-from pipeline.params import check_seed, check_task, section
+from pipeline.params import check_baseline_seed, check_task, section
 
 
 def output_dir(root: str | Path, task: str, method: str, seed: int) -> Path:
@@ -33,9 +33,6 @@ def make_context(params: dict[str, Any], method: str, task: str, seed: int, root
     compute_settings(params)  # an old baselines.compute_dtype fails naming compute.dtype
     check_task(params, task)
     block = section(params, "baselines")
-    if "seeds" in block:
-        raise PipelineError("baselines.seeds has moved: every method (SemAlign included) runs the top-level seeds",
-                            "delete baselines.seeds and list the seeds under `seeds:` at the top of params.yaml")
     unknown = set(block) - COMMON_KEYS - set(METHODS)
     if unknown:
         raise PipelineError(f"unknown keys {sorted(unknown)} in baselines",
@@ -50,7 +47,7 @@ def make_context(params: dict[str, Any], method: str, task: str, seed: int, root
             f"baseline {method!r} is switched off for task {task!r} (baselines.enabled.{method} = {tasks})",
             f"add {task!r} to baselines.enabled.{method} in params.yaml (an empty list switches the method off)")
     own = block.get(method) or {}
-    check_seed(params, seed)
+    check_baseline_seed(params, seed)
     return Context(method=method, task=task, seed=seed, paths=Paths.for_task(root, task),
                    common=Common.from_params(block, params.get("data") or {}), block=dict(own))
 
