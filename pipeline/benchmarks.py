@@ -27,17 +27,15 @@ from __future__ import annotations
 import json
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import Any, Sequence
 
 from pipeline.data import render_prompt
 from pipeline.errors import PipelineError
 from pipeline.extraction import extract_code, gsm8k_flexible, gsm8k_strict, humaneval_program, humaneval_tests, \
     mbpp_program, normalize_number
+from pipeline.generation import GenerationRun, generate
+from pipeline.multiple_choice import choice_logprobs
 from pipeline.parallel import SINGLE, Shard
-
-if TYPE_CHECKING:  # the model-running modules (torch) load with the first evaluation, not with the
-    # constants the report stage reads from here
-    from pipeline.generation import GenerationRun
 from pipeline.stats import proportion
 
 # ``toy`` (pipeline/tasks/toy.py: arithmetic with a numeric answer) is scored like GSM8K; it
@@ -142,8 +140,6 @@ def _gen_details(run: GenerationRun) -> dict[str, Any]:
 
 def evaluate_mmlu(model, tokenizer, records, settings: Settings, progress: bool = True,
                   shard: Shard = SINGLE) -> Evaluation | None:
-    from pipeline.multiple_choice import choice_logprobs
-
     prompts = [p + settings.answer_prefix for p in _prompts(tokenizer, records)]
     choices = mmlu_choices(settings.answer_prefix)
     scores = choice_logprobs(model, tokenizer, prompts, choices, settings.batch_size, progress, desc="mmlu",
@@ -168,8 +164,6 @@ def evaluate_mmlu(model, tokenizer, records, settings: Settings, progress: bool 
 
 def evaluate_gsm8k(model, tokenizer, records, settings: Settings, progress: bool = True,
                    shard: Shard = SINGLE) -> Evaluation | None:
-    from pipeline.generation import generate
-
     prompts = _prompts(tokenizer, records)
     run = generate(model, tokenizer, prompts, settings.max_new_tokens, settings.batch_size, settings.stop,
                    False, settings.max_prompt_tokens, progress, desc="gsm8k", shard=shard)
@@ -191,8 +185,6 @@ def evaluate_gsm8k(model, tokenizer, records, settings: Settings, progress: bool
 def evaluate_code(benchmark: str, model, tokenizer, records, settings: Settings, sandbox,
                   progress: bool = True, shard: Shard = SINGLE) -> Evaluation | None:
     from tqdm.auto import tqdm
-
-    from pipeline.generation import generate
 
     prompts = _prompts(tokenizer, records)
     run = generate(model, tokenizer, prompts, settings.max_new_tokens, settings.batch_size, settings.stop,
