@@ -52,14 +52,20 @@ def stage_rows(lines: list[tuple[float, str]], end: float) -> list[dict]:
 
 
 def by_kind(rows: list[dict]) -> list[dict]:
-    """Stages grouped by name before the ``@`` (all 96 frontier stages in one row)."""
+    """Stages grouped by name before the ``@`` (all 96 frontier stages in one row), with what
+    each kind pays besides its work: overhead = wall - work (interpreter, imports, device
+    start-up, model loading before the work's clock starts, DVC's bookkeeping)."""
     groups: dict[str, dict] = {}
     for r in rows:
         g = groups.setdefault(r["stage"].split("@")[0], {"kind": r["stage"].split("@")[0], "stages": 0,
-                                                         "wall_s": 0.0, "peak_rss_mb": 0})
+                                                         "wall_s": 0.0, "work_s": 0.0, "peak_rss_mb": 0})
         g["stages"] += 1
         g["wall_s"] = round(g["wall_s"] + r["wall_s"], 1)
+        g["work_s"] = round(g["work_s"] + r.get("work_s", 0.0), 1)
         g["peak_rss_mb"] = max(g["peak_rss_mb"], r.get("peak_rss_mb", 0))
+    for g in groups.values():
+        g["overhead_s"] = round(g["wall_s"] - g["work_s"], 1)
+        g["overhead_share"] = round(g["overhead_s"] / g["wall_s"], 3) if g["wall_s"] else 0.0
     return list(groups.values())
 
 
@@ -89,16 +95,23 @@ def main() -> int:
     print(f"\n{'stage':42s} {'wall s':>8s} {'work s':>8s} {'peak MB':>8s}")
     for r in rows:
         print(f"{r['stage']:42s} {r['wall_s']:8.1f} {r.get('work_s', float('nan')):8.1f} {r.get('peak_rss_mb', 0):8d}")
-    print(f"\n{'kind':24s} {'stages':>6s} {'wall s':>8s} {'peak MB':>8s}")
-    for g in by_kind(rows):
-        print(f"{g['kind']:24s} {g['stages']:6d} {g['wall_s']:8.1f} {g['peak_rss_mb']:8d}")
+    kinds = by_kind(rows)
+    print(f"\n{'kind':24s} {'stages':>6s} {'wall s':>8s} {'work s':>8s} {'overhead s':>10s} {'share':>6s} "
+          f"{'peak MB':>8s}")
+    for g in kinds:
+        print(f"{g['kind']:24s} {g['stages']:6d} {g['wall_s']:8.1f} {g['work_s']:8.1f} {g['overhead_s']:10.1f} "
+              f"{g['overhead_share']:6.0%} {g['peak_rss_mb']:8d}")
+    wall, work = sum(g["wall_s"] for g in kinds), sum(g["work_s"] for g in kinds)
+    if wall:
+        print(f"all stages: wall {wall:.1f} s, work {work:.1f} s, overhead {wall - work:.1f} s "
+              f"({(wall - work) / wall:.0%} of the stages' wall)")
     setup = rows[0]["start_s"] if rows else total
     print(f"\nset-up before the first stage: {setup / 60:.1f} min; stages: {len(rows)}; "
           f"total: {total / 60:.1f} min; largest process peak RSS: {peak_gb:.1f} GiB; exit status {status}")
     if args.json:
         args.json.write_text(json.dumps({"command": args.cmd, "exit_status": status, "total_s": round(total, 1),
                                          "setup_s": round(setup, 1), "peak_rss_gib": round(peak_gb, 2),
-                                         "kinds": by_kind(rows), "stages": rows}, indent=1))
+                                         "kinds": kinds, "stages": rows}, indent=1))
     return status
 
 

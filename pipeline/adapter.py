@@ -18,6 +18,18 @@ from torch import nn
 from pipeline.errors import PipelineError
 
 
+def input_device(model) -> torch.device:
+    """Where a model's inputs go: its embedding's device; for a model spread by a device map, the
+    first GPU it uses (offloaded parts are brought there by Accelerate's hooks)."""
+    spread = getattr(model, "hf_device_map", None)
+    if spread:
+        gpus = [d for d in spread.values() if d not in ("cpu", "disk")]
+        first = gpus[0] if gpus else "cpu"
+        return torch.device(f"cuda:{first}" if isinstance(first, int) else first)
+    embeddings = getattr(model, "get_input_embeddings", None)
+    return embeddings().weight.device if embeddings is not None else next(model.parameters()).device
+
+
 @dataclass(frozen=True)
 class FamilySpec:
     backbone: str  # attribute of the CausalLM holding the decoder stack
@@ -104,11 +116,11 @@ class ModelAdapter:
         self.check_layer(k)
         return f"{self.spec.backbone}.{self.spec.layers}.{k - 1}."
 
-    def rebuild_buffers(self) -> None:
-        """Recompute buffers that are derived, not stored (rotary frequencies), after a load
-        that built the model on the meta device."""
+    def rebuild_buffers(self, device: str | torch.device = "cpu") -> None:
+        """Recompute buffers that are derived, not stored (rotary frequencies), on ``device``,
+        after a load that built the model on the meta device."""
         rotary = getattr(self.backbone, self.spec.rotary)
-        setattr(self.backbone, self.spec.rotary, type(rotary)(config=self.config))
+        setattr(self.backbone, self.spec.rotary, type(rotary)(config=self.config).to(device))
 
     # --- per-block linear modules -------------------------------------------------------
     @property

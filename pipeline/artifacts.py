@@ -14,13 +14,12 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator, Mapping
-
-import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
 from pipeline.errors import PipelineError
+
+if TYPE_CHECKING:  # torch is imported where tensors are written: the JSON-only stages never pay for it
+    import torch
 
 
 @contextlib.contextmanager
@@ -59,6 +58,8 @@ def save_tensors(
     metadata: Mapping[str, Any] | None = None,
 ) -> None:
     """Write tensors (made contiguous) as one safetensors file; metadata values as JSON."""
+    from safetensors.torch import save_file
+
     meta = {k: json.dumps(v) for k, v in (metadata or {}).items()}
     flat = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     with atomic_path(path) as tmp:
@@ -67,6 +68,9 @@ def save_tensors(
 
 def load_tensors(path: str | os.PathLike, producer: str = "the stage that writes it") -> dict[str, torch.Tensor]:
     """Read a safetensors artifact, with a clear error if it is missing or corrupt."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
     p = Path(path)
     if not p.is_file():
         raise PipelineError(f"artifact {p} is missing", f"run {producer} first (`dvc repro` does)")
@@ -108,10 +112,12 @@ def read_json(path: str | os.PathLike, producer: str = "the stage that writes it
 
 def check_finite(name: str, value: torch.Tensor | float, where: str) -> None:
     """Stop on NaN/Inf with a message that says where and what to try."""
+    import torch
+
     bad = not math.isfinite(float(value)) if not torch.is_tensor(value) else not torch.isfinite(value).all()
     if bad:
         raise PipelineError(
             f"{name} became NaN or Inf in {where}",
             "lower the learning rate, enable gradient clipping (frontier.grad_clip), "
-            "or compute in float32 (frontier.compute_dtype: float32)",
+            "or train in float32 (compute.train_dtype: float32)",
         )

@@ -12,9 +12,10 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from pipeline.adapter import ModelAdapter
+from pipeline.adapter import ModelAdapter, input_device
 from pipeline.data import EncodedSplit, batches
 from pipeline.errors import PipelineError
+from pipeline.parallel import SINGLE, Shard
 
 AGGREGATES = ("frobenius", "abs_sum", "signed_sum")
 
@@ -39,8 +40,12 @@ def aggregate(product: torch.Tensor, how: str) -> torch.Tensor:
 
 
 def layer_scores(adapter: ModelAdapter, encoded: EncodedSplit, batch_size: int,
-                 how: str = "frobenius", progress: bool = True) -> list[float]:
-    """One score per source block (1..L), averaged over examples."""
+                 how: str = "frobenius", progress: bool = True, shard: Shard = SINGLE) -> list[float] | None:
+    """One score per source block (1..L), averaged over examples.
+
+    Under several processes each scores its share of the batches; the main process adds the
+    per-batch sums in batch order, as one process does (the others get None).
+    """
     aggregate(torch.zeros(1, 1, 1), how)  # validate before heavy work
     if encoded.n_supervised == 0:
         raise PipelineError("the attribution split has no supervised tokens", "check data.max_length and the split")
@@ -58,18 +63,29 @@ def layer_scores(adapter: ModelAdapter, encoded: EncodedSplit, batch_size: int,
     adapter.model.requires_grad_(False)
     handles = [adapter.embedding.register_forward_hook(lambda _m, _i, out: out.requires_grad_(True))]
     handles += [adapter.block(k).register_forward_hook(keep(k - 1)) for k in range(1, adapter.n_layers + 1)]
-    totals = torch.zeros(adapter.n_layers, dtype=torch.float64)
+    device = input_device(adapter.model)
+    pieces = []
     try:
-        for sl in tqdm(batches(len(encoded.ids), batch_size), desc="attribute", disable=not progress):
-            out = adapter.model(input_ids=encoded.input_ids[sl], attention_mask=encoded.attention_mask[sl])
-            per_example_loss(out.logits, encoded.input_ids[sl], encoded.supervised[sl]).sum().backward()
-            live = encoded.attention_mask[sl].unsqueeze(-1).to(acts[0].dtype)
+        for b, sl in tqdm(shard.mine(batches(len(encoded.ids), batch_size)), desc="attribute", disable=not progress):
+            ids, attn = encoded.input_ids[sl].to(device), encoded.attention_mask[sl].to(device)
+            out = adapter.model(input_ids=ids, attention_mask=attn)
+            per_example_loss(out.logits, ids.to(out.logits.device), encoded.supervised[sl].to(out.logits.device)
+                             ).sum().backward()
+            sums = torch.zeros(adapter.n_layers, dtype=torch.float64)
             for k, h in enumerate(acts):
-                totals[k] += aggregate((h.grad * h * live).float(), how).double().sum()
+                live = attn.to(h.device).unsqueeze(-1).to(h.dtype)
+                sums[k] = float(aggregate((h.grad * h * live).detach().float(), how).double().sum())
+            pieces.append((b, sums))
     finally:
         for h in handles:
             h.remove()
         for p in trainable:
             p.requires_grad_(True)
+    per_batch = shard.gather(pieces)
+    if per_batch is None:
+        return None
+    totals = torch.zeros(adapter.n_layers, dtype=torch.float64)
+    for sums in per_batch:
+        totals += sums
     return (totals / len(encoded.ids)).tolist()
 

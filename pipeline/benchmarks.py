@@ -35,6 +35,7 @@ from pipeline.extraction import extract_code, gsm8k_flexible, gsm8k_strict, huma
     mbpp_program, normalize_number
 from pipeline.generation import GenerationRun, generate
 from pipeline.multiple_choice import choice_logprobs
+from pipeline.parallel import SINGLE, Shard
 from pipeline.stats import proportion
 
 # ``toy`` (pipeline/tasks/toy.py: arithmetic with a numeric answer) is scored like GSM8K; it
@@ -137,10 +138,14 @@ def _gen_details(run: GenerationRun) -> dict[str, Any]:
             "truncated_prompts": sum(g.truncated_prompt for g in run.outputs)}
 
 
-def evaluate_mmlu(model, tokenizer, records, settings: Settings, progress: bool = True) -> Evaluation:
+def evaluate_mmlu(model, tokenizer, records, settings: Settings, progress: bool = True,
+                  shard: Shard = SINGLE) -> Evaluation | None:
     prompts = [p + settings.answer_prefix for p in _prompts(tokenizer, records)]
     choices = mmlu_choices(settings.answer_prefix)
-    scores = choice_logprobs(model, tokenizer, prompts, choices, settings.batch_size, progress, desc="mmlu")
+    scores = choice_logprobs(model, tokenizer, prompts, choices, settings.batch_size, progress, desc="mmlu",
+                             shard=shard)
+    if scores is None:
+        return None  # the main process scores every process's share
     samples, by_subject = [], defaultdict(lambda: [0, 0])
     for r, prompt, row in zip(records, prompts, scores.tolist()):
         meta = _meta(r)
@@ -157,10 +162,13 @@ def evaluate_mmlu(model, tokenizer, records, settings: Settings, progress: bool 
     return Evaluation(metrics, samples, {"choices": choices, "subjects": subjects})
 
 
-def evaluate_gsm8k(model, tokenizer, records, settings: Settings, progress: bool = True) -> Evaluation:
+def evaluate_gsm8k(model, tokenizer, records, settings: Settings, progress: bool = True,
+                   shard: Shard = SINGLE) -> Evaluation | None:
     prompts = _prompts(tokenizer, records)
     run = generate(model, tokenizer, prompts, settings.max_new_tokens, settings.batch_size, settings.stop,
-                   False, settings.max_prompt_tokens, progress, desc="gsm8k")
+                   False, settings.max_prompt_tokens, progress, desc="gsm8k", shard=shard)
+    if run is None:
+        return None  # the main process scores every process's share
     samples = []
     for r, prompt, g in zip(records, prompts, run.outputs):
         gold = normalize_number(str(_meta(r)["answer"]))
@@ -175,12 +183,14 @@ def evaluate_gsm8k(model, tokenizer, records, settings: Settings, progress: bool
 
 
 def evaluate_code(benchmark: str, model, tokenizer, records, settings: Settings, sandbox,
-                  progress: bool = True) -> Evaluation:
+                  progress: bool = True, shard: Shard = SINGLE) -> Evaluation | None:
     from tqdm.auto import tqdm
 
     prompts = _prompts(tokenizer, records)
     run = generate(model, tokenizer, prompts, settings.max_new_tokens, settings.batch_size, settings.stop,
-                   settings.stop_after_code_block, settings.max_prompt_tokens, progress, desc=benchmark)
+                   settings.stop_after_code_block, settings.max_prompt_tokens, progress, desc=benchmark, shard=shard)
+    if run is None:
+        return None  # the main process runs every program in the sandbox and scores them
     extracted, programs, cases = [], [], []
     for r, g in zip(records, run.outputs):
         meta = _meta(r)
@@ -217,18 +227,23 @@ def evaluate_code(benchmark: str, model, tokenizer, records, settings: Settings,
 
 
 def evaluate(benchmark: str, model, tokenizer, records, settings: Settings, sandbox=None,
-             progress: bool = True) -> Evaluation:
-    """Run one benchmark on already-selected, already-checked records."""
+             progress: bool = True, shard: Shard = SINGLE) -> Evaluation | None:
+    """Run one benchmark on already-selected, already-checked records.
+
+    Under several processes each runs the model on its share of the batches; the main process
+    gets the whole evaluation, the others None."""
     if benchmark == "mmlu":
-        result = evaluate_mmlu(model, tokenizer, records, settings, progress)
+        result = evaluate_mmlu(model, tokenizer, records, settings, progress, shard)
     elif benchmark in ("gsm8k", "toy"):
-        result = evaluate_gsm8k(model, tokenizer, records, settings, progress)
+        result = evaluate_gsm8k(model, tokenizer, records, settings, progress, shard)
     elif benchmark in ("humaneval", "mbpp"):
         if sandbox is None:
             raise PipelineError(f"{benchmark} needs a code sandbox", "pass a pipeline.sandbox.Sandbox")
-        result = evaluate_code(benchmark, model, tokenizer, records, settings, sandbox, progress)
+        result = evaluate_code(benchmark, model, tokenizer, records, settings, sandbox, progress, shard)
     else:
         raise PipelineError(f"unknown benchmark {benchmark!r}", f"use one of {', '.join(BENCHMARKS)}")
+    if result is None:
+        return None
     result.details.update({"benchmark": benchmark, "primary_metric": PRIMARY[benchmark],
                            "settings": asdict(settings)})
     return result

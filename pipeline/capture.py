@@ -12,8 +12,9 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from pipeline.adapter import ModelAdapter
+from pipeline.adapter import ModelAdapter, input_device
 from pipeline.data import EncodedSplit, batches
+from pipeline.parallel import SINGLE, Shard
 
 
 @dataclass
@@ -35,38 +36,48 @@ def capture(
     batch_size: int,
     store_dtype: torch.dtype = torch.bfloat16,
     progress: bool = True,
-) -> Capture:
-    """Run the model over ``encoded`` once, keeping ``layers`` (0..L) and top-K logits."""
+    shard: Shard = SINGLE,
+) -> Capture | None:
+    """Run the model over ``encoded`` once, keeping ``layers`` (0..L) and top-K logits.
+
+    Under several processes each computes its share of the batches and the main process gets
+    the whole Capture, rows in single-process order (the others get None).
+    """
     for l in layers:
         if l != 0:
             adapter.check_layer(l, "source layer")
     top_k = min(top_k, adapter.vocab_size)
-    kept: dict[int, list[torch.Tensor]] = {l: [] for l in layers}
+    kept: dict[int, torch.Tensor] = {}
     mask_now: list[torch.Tensor] = []
 
     def keep(layer: int):
         def hook(_module, _inputs, output):
             h = output[0] if isinstance(output, tuple) else output
-            kept[layer].append(h[mask_now[0]].to(store_dtype))
+            kept[layer] = h[mask_now[0].to(h.device)].to(store_dtype).cpu()
         return hook
 
     handles = [adapter.block(l).register_forward_hook(keep(l)) for l in layers if l > 0]
-    ids, logits = [], []
+    device = input_device(adapter.model)
+    head = adapter.model.get_output_embeddings()
+    pieces = []
     try:
-        for sl in tqdm(batches(len(encoded.ids), batch_size), desc="extract", disable=not progress):
-            mask = encoded.supervised[sl]
+        mine = shard.mine(batches(len(encoded.ids), batch_size))
+        for b, sl in tqdm(mine, desc="extract", disable=not progress):
+            mask = encoded.supervised[sl].to(device)
             mask_now[:] = [mask]
-            input_ids, attn = encoded.input_ids[sl], encoded.attention_mask[sl]
-            if 0 in kept:
-                kept[0].append(adapter.embed(input_ids)[mask].to(store_dtype))
+            input_ids, attn = encoded.input_ids[sl].to(device), encoded.attention_mask[sl].to(device)
+            kept.clear()
+            if 0 in layers:
+                kept[0] = adapter.embed(input_ids)[mask].to(store_dtype).cpu()
             final = adapter.backbone(input_ids=input_ids, attention_mask=attn).last_hidden_state
-            head = adapter.lm_head
-            out = final[mask].to(head.dtype) @ head.T  # (P_b, V) only at supervised positions
+            out = head(final[mask.to(final.device)])  # (P_b, V) only at supervised positions
             val, idx = out.float().topk(top_k, dim=-1)
-            ids.append(idx)
-            logits.append(val)
+            pieces.append((b, ({l: kept[l] for l in layers}, idx.cpu(), val.cpu())))
     finally:
         for h in handles:
             h.remove()
-    hidden = {l: torch.cat(v) for l, v in kept.items()}
-    return Capture(hidden, torch.cat(ids), torch.cat(logits))
+    merged = shard.gather(pieces)
+    if merged is None:
+        return None
+    hidden = {l: torch.cat([m[0][l] for m in merged]) for l in layers}
+    return Capture(hidden, torch.cat([m[1] for m in merged]), torch.cat([m[2] for m in merged]))

@@ -19,7 +19,7 @@ from typing import Callable, Iterable
 import torch
 from tqdm.auto import tqdm
 
-from pipeline.adapter import ModelAdapter
+from pipeline.adapter import ModelAdapter, input_device
 from pipeline.data import EncodedSplit, batches
 from pipeline.export import install_block
 from pipeline.heldout import Agreement, agreement
@@ -55,8 +55,10 @@ def heldout_curve(adapter: ModelAdapter, encoded: EncodedSplit, trained_block: B
     positions, in (example, position) order."""
     wanted = sorted(set(points) | {0})  # the untouched target: every change is measured against it
     n = adapter.n_layers
-    mask, attn, offsets = encoded.supervised, encoded.attention_mask, encoded.offsets()
-    hidden = torch.cat([adapter.embed(encoded.input_ids[sl]) for sl in batches(len(encoded.ids), batch_size)])
+    device = input_device(adapter.model)
+    mask, attn, offsets = encoded.supervised.to(device), encoded.attention_mask.to(device), encoded.offsets()
+    hidden = torch.cat([adapter.embed(encoded.input_ids[sl].to(device))
+                        for sl in batches(len(encoded.ids), batch_size)])
     out: dict[int, Agreement] = {}
     changed = False  # while no block so far differs from the original, point k is point 0
     for k in tqdm(range(0, n + 1), desc="held-out curve", disable=not progress):

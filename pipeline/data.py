@@ -21,11 +21,12 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
-
-import torch
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 from pipeline.errors import PipelineError
+
+if TYPE_CHECKING:  # torch loads with the first tokenised split: the data stage only writes JSONL
+    import torch
 
 SPLITS = ("attribution", "transfer", "validation", "evaluation")
 SUPERVISE_MODES = ("answer", "all")
@@ -117,10 +118,19 @@ class EncodedSplit:
 
     def offsets(self) -> torch.Tensor:
         """(N + 1,) start row of each example in position-flattened (P, ...) artifacts."""
+        import torch
+
         counts = self.supervised.sum(dim=1)
         return torch.cat([torch.zeros(1, dtype=torch.long), counts.cumsum(0)])
 
+    def to(self, device: str | torch.device) -> "EncodedSplit":
+        """The same split with its tensors on ``device`` (where the model computes)."""
+        return EncodedSplit(self.ids, self.input_ids.to(device), self.attention_mask.to(device),
+                            self.supervised.to(device))
+
     def tensors(self) -> dict[str, torch.Tensor]:
+        import torch
+
         return {
             "input_ids": self.input_ids,
             "attention_mask": self.attention_mask,
@@ -136,6 +146,8 @@ def encode(
 ) -> EncodedSplit:
     """Tokenise records (a list or a `datasets.Dataset`); prompts are cut from the left so the
     answer survives."""
+    import torch
+
     if supervise not in SUPERVISE_MODES:
         raise PipelineError(f"unknown supervise mode {supervise!r}", f"set data.supervise to one of {SUPERVISE_MODES}")
     if max_length < 4:

@@ -9,6 +9,7 @@ touches only the K LM-head rows it needs; the final block is trained with output
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 
 import torch
@@ -21,6 +22,7 @@ from pipeline.chain import block_number
 from pipeline.errors import PipelineError
 from pipeline.loading import torch_dtype
 from pipeline.objectives import check_objective, cosine_loss, fisher_loss, output_kl, relation_loss
+from pipeline.parallel import SINGLE, Shard
 from pipeline.params import fisher_tau, section
 
 TRAINABLE = ("full", "lora")
@@ -105,13 +107,16 @@ def frontier_config(params: dict, seed: int) -> FrontierConfig:
                             "output KL too)", "replace `kl_every_stage: true` by `kl_from: 1` and "
                             "`kl_every_stage: false` by `kl_from: 0` in params.yaml")
     lora = f.pop("lora", {}) or {}
-    known = set(FrontierConfig.__dataclass_fields__) - {"tau", "interface", "seed"}
+    from pipeline.compute import settings
+
+    train_dtype = settings(params).train_dtype  # frontier.compute_dtype moved to compute.train_dtype
+    known = set(FrontierConfig.__dataclass_fields__) - {"tau", "interface", "seed", "compute_dtype"}
     unknown = sorted(set(f) - known)
     if unknown:
         raise PipelineError(f"unknown frontier params {unknown}", f"use only {sorted(known)} (and lora:)")
     f = {key: _number(f"frontier.{key}", value, FrontierConfig.__dataclass_fields__[key].type)
          for key, value in f.items()}
-    cfg = FrontierConfig(**f, tau=fisher_tau(params),
+    cfg = FrontierConfig(**f, tau=fisher_tau(params), compute_dtype=train_dtype,
                          interface=str(section(params, "fisher").get("interface", "state")),
                          lora_r=int(lora.get("r", 16)), lora_alpha=int(lora.get("alpha", 16)),
                          lora_dropout=_number("frontier.lora.dropout", lora.get("dropout", 0.05), "float"),
@@ -174,7 +179,8 @@ class OutputTargets:
 @dataclass
 class FrontierResult:
     block_state: dict[str, torch.Tensor]
-    states_out: torch.Tensor  # (N, T, D_t) h^(k) with the trained block, in the compute dtype
+    states_out: torch.Tensor | None  # (N, T, D_t) h^(k) with the trained block, in the compute dtype, on the
+    # CPU (None on the processes other than the main one under data parallelism)
     losses: list[float]
     objective_before: float
     objective_after: float
@@ -200,20 +206,51 @@ class _Stage:
     """The objective of one stage, bound to its model, data and config."""
 
     def __init__(self, adapter: ModelAdapter, k: int, states: States, targets: LayerTargets | None,
-                 output: OutputTargets | None, cfg: FrontierConfig, model_dtype: torch.dtype) -> None:
+                 output: OutputTargets | None, cfg: FrontierConfig, model_dtype: torch.dtype,
+                 shard: Shard = SINGLE) -> None:
         self.a, self.k, self.s, self.t, self.o, self.cfg = adapter, k, states, targets, output, cfg
         self.is_last = k == adapter.n_layers
         self.compute = torch_dtype(cfg.compute_dtype)
         self.model_dtype = model_dtype
         self.offsets = states.offsets()
+        self.shard = shard
+        self.device = next(adapter.block(k).parameters()).device  # states stay on the CPU; batches move here
+
+    def _batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """h^(k-1), attention mask and supervised mask of examples ``idx`` on the block's device."""
+        return (self.s.hidden[idx].to(self.device, self.compute), self.s.attention_mask[idx].to(self.device),
+                self.s.supervised[idx].to(self.device))
 
     def loss(self, idx: torch.Tensor) -> torch.Tensor:
-        return self.loss_and_states(idx)[0]
+        """The training objective on the batch ``idx``.
+
+        Under data parallelism each process runs the block (wrapped in DDP) on its contiguous
+        share of ``idx`` only, and the objective is taken on the whole batch, the other shares
+        entering as constants: every process holds the single-process loss L, whose gradient
+        reaches only its own share's outputs. Scaled by the number of processes before
+        backward (``train_block``), DDP's gradient average is then exactly dL/dtheta of one
+        process, whatever the objective's form.
+        """
+        if self.shard.world == 1:
+            return self.loss_and_states(idx)[0]
+        h_in, attn, mask = self._batch(idx)
+        shares = torch.tensor_split(torch.arange(len(idx)), self.shard.world)
+        own = shares[self.shard.rank]
+        h_own = self.a.run_blocks(h_in[own], attn[own], self.k, self.k)
+        h_out = self.shard.all_gather_rows(h_own, [len(x) for x in shares])
+        return self._objective(idx, h_in, h_out, attn, mask)
+
+    def backward(self, idx: torch.Tensor, where: str) -> float:
+        """The training objective on the batch ``idx``, its gradient added to the block's. Under
+        data parallelism the loss is scaled by the number of processes first (see ``loss``)."""
+        loss = self.loss(idx)
+        check_finite("the frontier loss", loss, where)
+        (loss * self.shard.world).backward()
+        return float(loss.detach())
 
     def loss_and_states(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The objective on examples ``idx`` and the block's output h^(k) for them."""
-        h_in = self.s.hidden[idx].to(self.compute)
-        attn, mask = self.s.attention_mask[idx], self.s.supervised[idx]
+        h_in, attn, mask = self._batch(idx)
         h_out = self.a.run_blocks(h_in, attn, self.k, self.k)
         return self._objective(idx, h_in, h_out, attn, mask), h_out
 
@@ -240,21 +277,29 @@ class _Stage:
             return fisher_loss(self.a, x, t.topk_ids[rows], t.topk_logits[rows], t.topk_probs[rows], self.cfg.tau)
         if self.cfg.objective == "cosine":
             return cosine_loss(x, t.aligned[rows])
-        sub = torch.cat([torch.zeros(1, dtype=torch.long), mask.sum(1).cumsum(0)])
+        sub = torch.cat([torch.zeros(1, dtype=torch.long), mask.sum(1).cumsum(0).cpu()])
         return relation_loss(x, t.aligned[rows], sub)
 
     @torch.no_grad()
     def mean_loss(self, n: int, collect: bool = False) -> tuple[float, torch.Tensor | None]:
         """The objective over the first ``n`` examples of the transfer split (weighted by batch
-        size), and with ``collect`` the block's outputs h^(k), (n, T, D_t), from the same pass."""
-        total, outs = 0.0, []
-        for sl in batches(n, self.cfg.batch_size):
+        size), and with ``collect`` the block's outputs h^(k), (n, T, D_t), from the same pass,
+        on the CPU.
+
+        Under data parallelism each process takes a share of the batches; every process gets
+        the total (added in batch order, as one process does), the main one the outputs."""
+        losses, outs = [], []
+        for b, sl in self.shard.mine(batches(n, self.cfg.batch_size)):
             idx = torch.arange(sl.start, sl.stop)
             loss, h_out = self.loss_and_states(idx)
-            total += float(loss) * len(idx)
+            losses.append((b, float(loss) * len(idx)))
             if collect:
-                outs.append(h_out)
-        return total / n, (torch.cat(outs) if collect else None)
+                outs.append((b, h_out.cpu()))
+        total = 0.0
+        for part in sorted((p for ps in self.shard.all_gather(losses) for p in ps), key=lambda p: p[0]):
+            total += part[1]
+        merged = self.shard.gather(outs) if collect else None
+        return total / n, (torch.cat(merged) if merged is not None else None)
 
 
 def check_inputs(adapter: ModelAdapter, k: int, states: States, targets: LayerTargets | None,
@@ -278,7 +323,7 @@ def check_inputs(adapter: ModelAdapter, k: int, states: States, targets: LayerTa
 
 def train_block(adapter: ModelAdapter, k: int, states: States, targets: LayerTargets | None,
                 output: OutputTargets | None, cfg: FrontierConfig, progress: bool = True,
-                store_dtype: torch.dtype | None = None) -> FrontierResult:
+                store_dtype: torch.dtype | None = None, shard: Shard = SINGLE) -> FrontierResult:
     """Train block k (1-based) alone and propagate the transfer split through it.
 
     With ``store_dtype`` the trained weights are rounded to it before propagating, so h^(k)
@@ -286,14 +331,21 @@ def train_block(adapter: ModelAdapter, k: int, states: States, targets: LayerTar
     End to end the match is not exact: the stages store h^(k) in the storage dtype between
     blocks, the exported model's forward does not round between blocks; in bf16 the two
     agree to within a few roundings (tests/test_method.py bounds it at 1 % per position).
+    With a ``shard`` of several processes the block trains under DDP (through Accelerate) on
+    the same global batches.
     """
     check_inputs(adapter, k, states, targets, output, cfg)
     if not cfg.trains(k, adapter.n_layers):
         # No objective on this block: it keeps its weights, the split only passes through it.
         block = adapter.block(k)
         state = {name: t.detach().to(store_dtype or t.dtype).clone() for name, t in block.state_dict().items()}
-        return FrontierResult(state, propagate(adapter, k, states, cfg.batch_size), [], 0.0, 0.0)
+        return FrontierResult(state, propagate(adapter, k, states, cfg.batch_size, shard), [], 0.0, 0.0)
+    if shard.world > cfg.batch_size:
+        raise PipelineError(f"frontier.batch_size {cfg.batch_size} is smaller than compute.processes {shard.world}",
+                            "use a batch of at least one example per process, or fewer processes")
     block = adapter.block(k)
+    device = next(block.parameters()).device
+    targets, output = _on(targets, device), _on(output, device)
     model_dtype = next(block.parameters()).dtype
     compute = torch_dtype(cfg.compute_dtype)
     adapter.model.requires_grad_(False)
@@ -303,7 +355,7 @@ def train_block(adapter: ModelAdapter, k: int, states: States, targets: LayerTar
     torch.manual_seed(cfg.seed + k)
     module, finish = _make_trainable(block, cfg)
     params = [p for p in module.parameters() if p.requires_grad]
-    stage = _Stage(adapter, k, states, targets, output, cfg, model_dtype)
+    stage = _Stage(adapter, k, states, targets, output, cfg, model_dtype, shard)
 
     n = states.hidden.shape[0]
     # With the output KL a pass costs blocks k..L and the full LM head: log on a subset.
@@ -315,18 +367,16 @@ def train_block(adapter: ModelAdapter, k: int, states: States, targets: LayerTar
     order: list[int] = []
     losses: list[float] = []
     module.train()
-    for step in tqdm(range(cfg.steps), desc=f"frontier L{k:02d}", disable=not progress):
-        if len(order) < cfg.batch_size:
-            order += torch.randperm(n, generator=gen).tolist()
-        idx, order = torch.tensor(order[: cfg.batch_size]), order[cfg.batch_size:]
-        loss = stage.loss(idx)
-        check_finite("the frontier loss", loss, f"stage {k}, step {step}")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-        opt.step()
-        losses.append(float(loss.detach()))
+    with data_parallel_block(adapter, k, shard):
+        for step in tqdm(range(cfg.steps), desc=f"frontier L{k:02d}", disable=not progress):
+            if len(order) < cfg.batch_size:
+                order += torch.randperm(n, generator=gen).tolist()
+            idx, order = torch.tensor(order[: cfg.batch_size]), order[cfg.batch_size:]
+            opt.zero_grad(set_to_none=True)
+            losses.append(stage.backward(idx, f"stage {k}, step {step}"))
+            if cfg.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            opt.step()
     module.eval()
     block = finish()
     block.requires_grad_(False)
@@ -339,18 +389,49 @@ def train_block(adapter: ModelAdapter, k: int, states: States, targets: LayerTar
     else:
         after, _ = stage.mean_loss(n_log)
         block.to(model_dtype)
-        states_out = propagate(adapter, k, states, cfg.batch_size)
+        states_out = propagate(adapter, k, states, cfg.batch_size, shard)
     block.to(model_dtype)
     return FrontierResult(state, states_out, losses, before, after)
 
 
+def _on(targets, device: torch.device):
+    """Supervision tensors (LayerTargets / OutputTargets, (P, K)-sized) moved to the block's device once."""
+    if targets is None:
+        return None
+    return type(targets)(**{f: getattr(targets, f).to(device) if torch.is_tensor(getattr(targets, f))
+                            else getattr(targets, f) for f in targets.__dataclass_fields__})
+
+
+@contextlib.contextmanager
+def data_parallel_block(adapter: ModelAdapter, k: int, shard: Shard):
+    """Block k wrapped in DistributedDataParallel (through Accelerate) while it trains: the
+    adapter runs whatever sits at its place in the block list, so the wrapper stands there
+    and the plain block is put back afterwards. One process: nothing changes."""
+    if shard.world == 1:
+        yield
+        return
+    from accelerate import Accelerator
+
+    blocks, block = adapter.blocks, adapter.block(k)
+    accelerator = Accelerator(cpu=next(block.parameters()).device.type == "cpu", device_placement=False)
+    blocks[k - 1] = accelerator.prepare_model(block, device_placement=False)
+    try:
+        yield
+    finally:
+        blocks[k - 1] = block
+
+
 @torch.no_grad()
-def propagate(adapter: ModelAdapter, k: int, states: States, batch_size: int) -> torch.Tensor:
-    """h^(k) = block_k(h^(k-1)) in the block's own dtype, as the exported model computes it."""
-    dtype = next(adapter.block(k).parameters()).dtype
-    outs = [adapter.run_blocks(states.hidden[sl].to(dtype), states.attention_mask[sl], k, k)
-            for sl in batches(states.hidden.shape[0], batch_size)]
-    return torch.cat(outs)
+def propagate(adapter: ModelAdapter, k: int, states: States, batch_size: int,
+              shard: Shard = SINGLE) -> torch.Tensor | None:
+    """h^(k) = block_k(h^(k-1)) in the block's own dtype, as the exported model computes it
+    (on the CPU; under data parallelism on the main process, None on the others)."""
+    block = next(adapter.block(k).parameters())
+    outs = [(b, adapter.run_blocks(states.hidden[sl].to(block.device, block.dtype),
+                                   states.attention_mask[sl].to(block.device), k, k).cpu())
+            for b, sl in shard.mine(batches(states.hidden.shape[0], batch_size))]
+    merged = shard.gather(outs)
+    return torch.cat(merged) if merged is not None else None
 
 
 @torch.no_grad()

@@ -23,8 +23,10 @@ from typing import Sequence
 
 import torch
 
+from pipeline.adapter import input_device
 from pipeline.data import batches
 from pipeline.errors import PipelineError
+from pipeline.parallel import SINGLE, Shard
 
 FENCE = "```"
 
@@ -141,8 +143,12 @@ def generate(
     max_prompt_tokens: int | None = None,
     progress: bool = True,
     desc: str = "generate",
-) -> GenerationRun:
-    """Greedy completions of ``prompts`` (already rendered), in the input order."""
+    shard: Shard = SINGLE,
+) -> GenerationRun | None:
+    """Greedy completions of ``prompts`` (already rendered), in the input order.
+
+    Under several processes each generates its share of the batches (the same batches one
+    process forms) and the main process gets every output (the others get None)."""
     from tqdm.auto import tqdm
     from transformers import StoppingCriteriaList
 
@@ -157,13 +163,15 @@ def generate(
     config = greedy_config(model, tokenizer, max_new_tokens)
     eos = set(config.eos_token_id)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else config.eos_token_id[0]
-    results: list[Generation | None] = [None] * len(prompts)
-    device = next(model.parameters()).device
+    pieces: list[tuple[int, list[tuple[int, Generation]]]] = []
+    device = input_device(model)
     start = time.monotonic()
-    bar = tqdm(total=len(prompts), desc=desc, unit="prompt", disable=not progress)
+    mine = shard.mine(batches(len(order), batch_size))
+    bar = tqdm(total=sum(sl.stop - sl.start for _, sl in mine), desc=desc, unit="prompt", disable=not progress)
     produced = 0
-    for sl in batches(len(order), batch_size):
+    for b, sl in mine:
         idx = order[sl]
+        done: list[tuple[int, Generation]] = []
         ids, mask = _left_pad([encoded[i] for i in idx], pad)
         width = ids.shape[1]
         criteria = StoppingCriteriaList()
@@ -185,12 +193,17 @@ def generate(
                 finish = rule
                 # Rows that met a stop rule are padded afterwards; count only real tokens.
                 n = _tokens_until_rule(tokenizer, new[:n], stop, stop_after_code_block)
-            results[i] = Generation(text, n, finish, len(encoded[i]), truncated[i])
+            done.append((i, Generation(text, n, finish, len(encoded[i]), truncated[i])))
             produced += n
+        pieces.append((b, done))
         bar.update(len(idx))
         bar.set_postfix(tok_s=f"{produced / max(time.monotonic() - start, 1e-9):.1f}")
     bar.close()
-    return GenerationRun([r for r in results if r is not None], time.monotonic() - start)
+    merged = shard.gather(pieces)
+    if merged is None:
+        return None
+    results = dict(pair for done in merged for pair in done)
+    return GenerationRun([results[i] for i in range(len(prompts))], time.monotonic() - start)
 
 
 def _tokens_until_rule(tokenizer, tokens: list[int], stop: Sequence[str], code_block: bool) -> int:

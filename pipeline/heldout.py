@@ -15,9 +15,10 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from pipeline.adapter import ModelAdapter
+from pipeline.adapter import ModelAdapter, input_device
 from pipeline.data import EncodedSplit, batches
 from pipeline.errors import PipelineError
+from pipeline.parallel import SINGLE, Shard
 
 
 @dataclass
@@ -58,10 +59,10 @@ def position_agreement(adapter: ModelAdapter, h_last: torch.Tensor, src_ids: tor
     kls, hits = [], []
     for i in range(0, h_last.shape[0], chunk):
         logp_t = torch.log_softmax(adapter.logit_lens(h_last[i:i + chunk]).float(), dim=-1)
-        logp_s = torch.log_softmax(src_logits[i:i + chunk].float(), dim=-1)
-        ids = src_ids[i:i + chunk]
-        kls.append((logp_s.exp() * (logp_s - logp_t.gather(-1, ids))).sum(-1).double())
-        hits.append(logp_t.argmax(-1) == ids[:, 0])
+        logp_s = torch.log_softmax(src_logits[i:i + chunk].to(logp_t.device).float(), dim=-1)
+        ids = src_ids[i:i + chunk].to(logp_t.device)
+        kls.append((logp_s.exp() * (logp_s - logp_t.gather(-1, ids))).sum(-1).double().cpu())
+        hits.append((logp_t.argmax(-1) == ids[:, 0]).cpu())
     if not kls:
         return torch.zeros(0, dtype=torch.float64), torch.zeros(0, dtype=torch.bool)
     return torch.cat(kls), torch.cat(hits)
@@ -84,19 +85,32 @@ def agreement(adapter: ModelAdapter, h_last: torch.Tensor, src_ids: torch.Tensor
 
 @torch.no_grad()
 def score(adapter: ModelAdapter, encoded: EncodedSplit, src_ids: torch.Tensor, src_logits: torch.Tensor,
-          batch_size: int, progress: bool = True) -> Agreement:
+          batch_size: int, progress: bool = True, shard: Shard = SINGLE) -> Agreement | None:
     """Held-out agreement of a whole model (untouched target, SemAlign's export or a baseline)
     on the split ``encoded``; src_ids/src_logits: (P, K) the source's top-K at its supervised
-    positions, in (example, position) order (the extract stage's ``output_topk``)."""
+    positions, in (example, position) order (the extract stage's ``output_topk``).
+
+    Each batch of examples is scored on its own (its positions' KL and hits), so several
+    processes can each take a share of the batches; the main process puts the per-position
+    values together in batch order, as one process does, and gets the result (the others None).
+    """
     if src_ids.shape[0] != encoded.n_supervised:
         raise PipelineError(f"the source's cached outputs have {src_ids.shape[0]} rows, the split "
                             f"{encoded.n_supervised} supervised positions", "re-run the extract stage for this task")
-    lasts = []
-    for sl in tqdm(batches(len(encoded.ids), batch_size), desc="held-out", disable=not progress):
-        h = adapter.run_blocks(adapter.embed(encoded.input_ids[sl]), encoded.attention_mask[sl], 1, adapter.n_layers)
-        lasts.append(h[encoded.supervised[sl]])
-    h_last = torch.cat(lasts) if lasts else torch.zeros(0, adapter.width)
-    return agreement(adapter, h_last, src_ids, src_logits, encoded.offsets())
+    device, offsets = input_device(adapter.model), encoded.offsets()
+    pieces = []
+    for b, sl in tqdm(shard.mine(batches(len(encoded.ids), batch_size)), desc="held-out", disable=not progress):
+        h = adapter.run_blocks(adapter.embed(encoded.input_ids[sl].to(device)), encoded.attention_mask[sl].to(device),
+                               1, adapter.n_layers)
+        rows = slice(int(offsets[sl.start]), int(offsets[sl.stop]))
+        pieces.append((b, position_agreement(adapter, h[encoded.supervised[sl].to(h.device)], src_ids[rows],
+                                             src_logits[rows])))
+    merged = shard.gather(pieces)
+    if merged is None:
+        return None
+    kl = torch.cat([m[0] for m in merged]) if merged else torch.zeros(0, dtype=torch.float64)
+    hits = torch.cat([m[1] for m in merged]) if merged else torch.zeros(0, dtype=torch.bool)
+    return Agreement(per_example(kl, offsets), per_example(hits.double(), offsets), offsets[1:] - offsets[:-1])
 
 
 def difference(reference: Agreement, model: Agreement, n_boot: int = 10000, seed: int = 0) -> dict[str, float]:

@@ -45,24 +45,35 @@ def load_tokenizer(name_or_path: str):
     return tok
 
 
-def load_model(name_or_path: str, dtype: str = "bfloat16"):
-    """A causal LM in eval mode; hub names work where a hub is reachable."""
+def load_model(name_or_path: str, dtype: str = "bfloat16", placement=None, spread: bool = False):
+    """A causal LM in eval mode; hub names work where a hub is reachable.
+
+    With ``placement`` (a :class:`pipeline.compute.Placement`, what :func:`pipeline.compute.place`
+    gave the stage) the model is loaded in its dtype onto its device, and with ``spread`` a
+    model larger than that GPU is laid out over the GPUs and the CPU (see
+    :func:`pipeline.compute.load_kwargs`). This module does not import pipeline.compute: the
+    placement brings its own arguments, so stages that only read tokenizers or configs do not
+    depend on the compute code.
+    """
     from transformers import AutoModelForCausalLM
 
     _check_source(name_or_path)
-    model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=torch_dtype(dtype))
+    kwargs = {}
+    if placement is not None:
+        dtype, kwargs = placement.dtype, placement.load_kwargs(name_or_path, spread)
+    model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=torch_dtype(dtype), **kwargs)
     model.eval()
     return model
 
 
-def load_model_blocks(model_dir: str | Path, dtype: str, first: int, last: int | None = None):
+def load_model_blocks(model_dir: str | Path, dtype: str, first: int, last: int | None = None, device: str = "cpu"):
     """The model with only blocks ``first..last`` (1-based, inclusive; ``last=None``: to the
     end) and the non-block parts (embedding, final norm, LM head) loaded.
 
     A frontier stage trains one block: reading and converting the other blocks' weights was
     most of its start-up. The skipped blocks stay on the meta device, so any use of them
-    fails loudly instead of computing with garbage. Local safetensors directories only;
-    anything else is loaded whole.
+    fails loudly instead of computing with garbage. The loaded tensors are read straight onto
+    ``device``. Local safetensors directories only; anything else is loaded whole.
     """
     from safetensors import safe_open
     from transformers import AutoConfig, AutoModelForCausalLM
@@ -72,7 +83,7 @@ def load_model_blocks(model_dir: str | Path, dtype: str, first: int, last: int |
     d = Path(model_dir)
     files = sorted(d.glob("*.safetensors")) if d.is_dir() else []
     if not files:
-        return load_model(str(model_dir), dtype)
+        return load_model(str(model_dir), dtype).to(device)
     config = AutoConfig.from_pretrained(str(d))
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config, dtype=torch_dtype(dtype))
@@ -84,7 +95,7 @@ def load_model_blocks(model_dir: str | Path, dtype: str, first: int, last: int |
     wanted = {name for name in model.state_dict() if not name.startswith(skip)}
     tensors = {}
     for f in files:
-        with safe_open(str(f), framework="pt") as st:
+        with safe_open(str(f), framework="pt", device=device) as st:
             for name in st.keys():
                 if name in wanted:
                     tensors[name] = st.get_tensor(name).to(torch_dtype(dtype))
@@ -97,7 +108,7 @@ def load_model_blocks(model_dir: str | Path, dtype: str, first: int, last: int |
     model.load_state_dict(tensors, strict=False, assign=True)
     if config.tie_word_embeddings:
         model.get_output_embeddings().weight = model.get_input_embeddings().weight
-    adapter.rebuild_buffers()
+    adapter.rebuild_buffers(device)
     model.eval()
     return model
 

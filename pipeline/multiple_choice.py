@@ -21,7 +21,9 @@ from typing import Sequence
 
 import torch
 
+from pipeline.adapter import input_device
 from pipeline.data import batches
+from pipeline.parallel import SINGLE, Shard
 
 
 def continuation_ids(tokenizer, context: str, continuation: str) -> list[int]:
@@ -51,7 +53,7 @@ def _positions(mask: torch.Tensor) -> torch.Tensor:
 def _last_token_logprobs(model, rows: list[list[int]], pad_id: int) -> torch.Tensor:
     """(B, V) next-token log-probabilities after each row (left-padded, one forward)."""
     ids, mask = _pad(rows, pad_id, left=True)
-    device = next(model.parameters()).device
+    device = input_device(model)
     kwargs = dict(input_ids=ids.to(device), attention_mask=mask.to(device),
                   position_ids=_positions(mask).to(device), use_cache=False)
     try:
@@ -66,7 +68,7 @@ def _sequence_logprobs(model, contexts: list[list[int]], conts: list[list[int]],
     """(B,) summed log-probabilities of each continuation after its context (right-padded)."""
     rows = [c + k for c, k in zip(contexts, conts)]
     ids, mask = _pad(rows, pad_id, left=False)
-    device = next(model.parameters()).device
+    device = input_device(model)
     out = model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False)
     logp = torch.log_softmax(out.logits.float(), dim=-1).cpu()
     scores = torch.zeros(len(rows))
@@ -86,8 +88,12 @@ def choice_logprobs(
     progress: bool = True,
     desc: str = "score choices",
     force_per_choice: bool = False,
-) -> torch.Tensor:
-    """(N, C) log-likelihood of each choice after each context."""
+    shard: Shard = SINGLE,
+) -> torch.Tensor | None:
+    """(N, C) log-likelihood of each choice after each context.
+
+    Under several processes each scores its share of the batches (the same batches one
+    process forms) and the main process gets the whole table (the others get None)."""
     from tqdm.auto import tqdm
 
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -98,22 +104,31 @@ def choice_logprobs(
     single.sort(key=lambda i: -len(ctx_ids[i]))  # similar lengths share a batch: less padding
     chosen = set(single)
     multi = [i for i in range(len(contexts)) if i not in chosen]
-    scores = torch.full((len(contexts), len(choices)), float("nan"))
+    pairs = [(i, j) for i in multi for j in range(len(choices))]
+    per_question = max(1, batch_size // len(choices)) * len(choices)
+    # One list of batches, single-token questions first: each process takes its share of it.
+    work = [("single", single[sl]) for sl in batches(len(single), batch_size)]
+    work += [("pairs", pairs[sl]) for sl in batches(len(pairs), per_question)]
+    pieces = []
     bar = tqdm(total=len(contexts), desc=desc, unit="question", disable=not progress)
     with torch.inference_mode():
-        for sl in batches(len(single), batch_size):
-            idx = single[sl]
-            logp = _last_token_logprobs(model, [ctx_ids[i] for i in idx], pad)
-            for row, i in enumerate(idx):
-                scores[i] = logp[row, [k[0] for k in cont_ids[i]]]
-            bar.update(len(idx))
-        pairs = [(i, j) for i in multi for j in range(len(choices))]
-        per_question = max(1, batch_size // len(choices)) * len(choices)
-        for sl in batches(len(pairs), per_question):
-            chunk = pairs[sl]
-            s = _sequence_logprobs(model, [ctx_ids[i] for i, _ in chunk], [cont_ids[i][j] for i, j in chunk], pad)
-            for (i, j), v in zip(chunk, s):
-                scores[i, j] = v
-            bar.update(len({i for i, _ in chunk}))
+        for b, (kind, chunk) in shard.mine(work):
+            if kind == "single":
+                logp = _last_token_logprobs(model, [ctx_ids[i] for i in chunk], pad)
+                found = [((i, j), logp[row, k[0]]) for row, i in enumerate(chunk)
+                         for j, k in enumerate(cont_ids[i])]
+                bar.update(len(chunk))
+            else:
+                s = _sequence_logprobs(model, [ctx_ids[i] for i, _ in chunk], [cont_ids[i][j] for i, j in chunk], pad)
+                found = list(zip(chunk, s))
+                bar.update(len({i for i, _ in chunk}))
+            pieces.append((b, found))
     bar.close()
+    merged = shard.gather(pieces)
+    if merged is None:
+        return None
+    scores = torch.full((len(contexts), len(choices)), float("nan"))
+    for found in merged:
+        for (i, j), v in found:
+            scores[i, j] = v
     return scores

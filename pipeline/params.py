@@ -79,11 +79,6 @@ def task_and_seed(argv: list[str]) -> tuple[str, int]:
     return args.task, args.seed
 
 
-def compute_dtype(params: dict) -> str:
-    """Precision models are loaded in for computation (float32 on CPUs without bf16 units)."""
-    return str(section(params, "models").get("compute_dtype", "float32"))
-
-
 def fisher_tau(params: dict) -> float:
     """The temperature tau of p~ = softmax(z~ / tau) (fisher stage) and of d = (z - z~) / tau
     (frontier stages): one setting, ``fisher.tau``, since the surrogate approximates

@@ -7,6 +7,10 @@
   h_t^(k) picks the same token as the aligned source logits z~_k. Both sides read the full
   vocabulary at every position, so the stage scores a budget of evenly spaced positions
   (``quality.max_positions``), not all of them.
+
+Under several processes (:class:`pipeline.parallel.Shard`) each takes a share of the batches of
+examples, computes the scored positions that fall in them and counts its hits per layer; the
+main process adds the counts, which are what one process counts.
 """
 
 from __future__ import annotations
@@ -14,9 +18,10 @@ from __future__ import annotations
 import torch
 from tqdm.auto import tqdm
 
-from pipeline.adapter import ModelAdapter
+from pipeline.adapter import ModelAdapter, input_device
 from pipeline.data import EncodedSplit, batches
 from pipeline.heldout import Agreement, difference
+from pipeline.parallel import SINGLE, Shard
 
 
 def headline(target: Agreement, semalign: Agreement) -> dict[str, float]:
@@ -38,27 +43,63 @@ def evenly_spaced(n: int, limit: int) -> torch.Tensor:
     return torch.linspace(0, n - 1, limit).round().long().unique()
 
 
+def shard_rows(encoded: EncodedSplit, batch_size: int, rows: torch.Tensor, shard: Shard = SINGLE) -> torch.Tensor:
+    """The entries of ``rows`` (sorted indices into the P supervised positions) that lie in this
+    process's batches, in order: the rows :func:`state_pieces` computes, in its order."""
+    offsets = encoded.offsets()
+    own = [rows[(rows >= offsets[sl.start]) & (rows < offsets[sl.stop])]
+           for _, sl in shard.mine(batches(len(encoded.ids), batch_size))]
+    return torch.cat(own) if own else rows[:0]
+
+
 @torch.no_grad()
+def state_pieces(adapter: ModelAdapter, encoded: EncodedSplit, batch_size: int, progress: bool = True,
+                 rows: torch.Tensor | None = None, shard: Shard = SINGLE) -> list[tuple[int, list[torch.Tensor]]]:
+    """(batch index, [h^(1..L)] at the batch's supervised positions) for this process's batches,
+    on the model's device; with ``rows`` (sorted indices into the P positions) only those rows.
+    Every batch is computed with exactly the rows (and padding) it has in one process."""
+    device = input_device(adapter.model)
+    offsets = encoded.offsets()
+    pieces = []
+    for b, sl in tqdm(shard.mine(batches(len(encoded.ids), batch_size)), desc="quality", disable=not progress):
+        mask = encoded.supervised[sl].to(device)
+        start, stop = int(offsets[sl.start]), int(offsets[sl.stop])
+        keep = None if rows is None else (rows[(rows >= start) & (rows < stop)] - start).to(device)
+        h0 = adapter.embed(encoded.input_ids[sl].to(device))
+        hs = adapter.run_blocks(h0, encoded.attention_mask[sl].to(device), 1, adapter.n_layers, collect=True)
+        hs = [h[mask.to(h.device)] for h in hs]
+        pieces.append((b, hs if keep is None else [h[keep.to(h.device)] for h in hs]))
+    return pieces
+
+
+def stack_layers(adapter: ModelAdapter, pieces: list[list[torch.Tensor]]) -> list[torch.Tensor]:
+    """Per-batch [h^(1..L)] (in order) as L tensors of (P, D_t)."""
+    if not pieces:  # a process with no batches (more processes than batches)
+        return [torch.zeros(0, adapter.width, dtype=adapter.lm_head.dtype) for _ in range(adapter.n_layers)]
+    return [torch.cat([p[k] for p in pieces]) for k in range(adapter.n_layers)]
+
+
 def target_states(adapter: ModelAdapter, encoded: EncodedSplit, batch_size: int, progress: bool = True,
-                  rows: torch.Tensor | None = None) -> list[torch.Tensor]:
+                  rows: torch.Tensor | None = None, shard: Shard = SINGLE) -> list[torch.Tensor] | None:
     """[h^(1..L)] at the supervised positions: L tensors of (P, D_t); with ``rows`` (sorted
-    indices into the P positions) only those rows, so L x P x D never has to be held."""
-    per_layer: list[list[torch.Tensor]] = [[] for _ in range(adapter.n_layers)]
-    start = 0
-    for sl in tqdm(batches(len(encoded.ids), batch_size), desc="quality", disable=not progress):
-        mask = encoded.supervised[sl]
-        n = int(mask.sum())
-        keep = None if rows is None else rows[(rows >= start) & (rows < start + n)] - start
-        start += n
-        h0 = adapter.embed(encoded.input_ids[sl])
-        for k, h in enumerate(adapter.run_blocks(h0, encoded.attention_mask[sl], 1, adapter.n_layers, collect=True)):
-            per_layer[k].append(h[mask] if keep is None else h[mask][keep])
-    return [torch.cat(x) for x in per_layer]
+    indices into the P positions) only those rows, so L x P x D never has to be held. Under
+    several processes each computes its share of the batches and the main process gets them
+    all, in batch order, on the CPU (the others get None)."""
+    pieces = state_pieces(adapter, encoded, batch_size, progress, rows, shard)
+    if shard.world > 1:
+        pieces = [(b, [h.cpu() for h in hs]) for b, hs in pieces]
+    merged = shard.gather(pieces)
+    return None if merged is None else stack_layers(adapter, merged)
+
+
+@torch.no_grad()
+def layer_hits(adapter: ModelAdapter, h: torch.Tensor, aligned_top1: torch.Tensor, chunk: int = 256) -> int:
+    """Positions where argmax W n(h) equals the aligned logits' argmax."""
+    return sum(int((adapter.logit_lens(h[i:i + chunk]).argmax(-1).cpu() == aligned_top1[i:i + chunk].cpu()).sum())
+               for i in range(0, h.shape[0], chunk))
 
 
 @torch.no_grad()
 def layer_agreement(adapter: ModelAdapter, h: torch.Tensor, aligned_top1: torch.Tensor, chunk: int = 256) -> float:
     """Fraction of positions where argmax W n(h) equals the aligned logits' argmax."""
-    hits = sum(int((adapter.logit_lens(h[i:i + chunk]).argmax(-1) == aligned_top1[i:i + chunk]).sum())
-               for i in range(0, h.shape[0], chunk))
-    return hits / max(h.shape[0], 1)
+    return layer_hits(adapter, h, aligned_top1, chunk) / max(h.shape[0], 1)

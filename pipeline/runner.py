@@ -9,6 +9,7 @@ imports, as the baselines' own cost.json); peak memory is the process high-water
 
 from __future__ import annotations
 
+import os
 import resource
 import sys
 import time
@@ -27,6 +28,12 @@ class CostTag:
     seed: int | None = None  # None: shared by every seed (extraction, attribution, pairing, ...)
 
 
+def is_main_process() -> bool:
+    """Rank 0 of a data-parallel group (pipeline.launch), or the only process: the one that
+    reports and records the stage. No torch needed to ask."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 def peak_rss_mb() -> float:
     """Peak resident memory of this process so far (Linux reports KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -41,6 +48,8 @@ def guarded(name: str, main: Callable[[], object], cost: CostTag | None = None) 
         print(f"[{name}] error: {exc}", file=sys.stderr)
         return 2
     wall, peak = time.perf_counter() - start, peak_rss_mb()
+    if not is_main_process():
+        return 0  # under several processes the main one (rank 0) reports and records the stage
     if cost is not None:
         write_cost(name, cost, wall, peak)
     print(f"[{name}] done in {wall:.1f} s, peak RSS {peak:.0f} MB", file=sys.stderr)

@@ -64,7 +64,7 @@ def supervision(pairing: dict, k: int, load: SourceLoader, amap: torch.Tensor, i
 def aligned_logits_chunks(target: ModelAdapter, aligned: torch.Tensor, chunk: int = 256):
     """Yield (P_chunk, V) aligned logits z~ = W_t n_t(h~), a chunk at a time."""
     for i in range(0, aligned.shape[0], chunk):
-        h = aligned[i:i + chunk].to(target.lm_head.dtype)
+        h = aligned[i:i + chunk].to(target.lm_head.device, target.lm_head.dtype)
         yield target.logit_lens(h).float()
 
 

@@ -15,6 +15,7 @@ import torch
 
 from pipeline.artifacts import check_finite
 from pipeline.errors import PipelineError
+from pipeline.parallel import SINGLE, Shard
 
 LossFn = Callable[[torch.Tensor], tuple[torch.Tensor, dict[str, Any]]]  # parts: floats or 0-d tensors
 
@@ -95,8 +96,18 @@ def train(
     desc: str,
     on_step: Callable[[int, dict[str, float]], None] | None = None,
     betas: tuple[float, float] = (0.9, 0.999),
+    shard: Shard = SINGLE,
+    units: Callable[[torch.Tensor], int] | None = None,
 ) -> list[dict[str, float]]:
-    """Run one optimiser step per entry of ``steps``; return the per-step log."""
+    """Run one optimiser step per entry of ``steps``; return the per-step log.
+
+    Data parallel (``shard`` of several processes): each process takes a contiguous share of
+    every global batch. ``loss_fn`` must then be a mean over ``units`` (supervised positions,
+    say, as every on-device baseline's loss is): each process's loss is weighted by its share
+    of the batch's units times the number of processes, so the gradients averaged over the
+    processes after backward (what DDP does) are the single-process gradients of the whole
+    batch, and the logged loss is the whole batch's.
+    """
     from tqdm import tqdm
 
     params = [p for p in params if p.requires_grad]
@@ -107,22 +118,38 @@ def train(
     log: list[dict[str, float]] = []
     bar = tqdm(steps, desc=desc, mininterval=5.0, leave=False)
     for step, batch in enumerate(bar, start=1):
-        loss, parts = loss_fn(batch)
+        rows, weight = batch, 1.0
+        if shard.world > 1:
+            if units is None or len(batch) < shard.world:
+                raise PipelineError(f"{desc}: a data-parallel step needs a batch of at least one example per process "
+                                    f"({len(batch)} examples, {shard.world} processes) and a loss counted in units",
+                                    "raise the method's train.batch_size or lower compute.processes")
+            rows = torch.tensor_split(batch, shard.world)[shard.rank]
+            weight = units(rows) * shard.world / max(units(batch), 1)
+        loss, parts = loss_fn(rows)
         check_finite("loss", loss.detach(), desc)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        (loss * weight).backward()
+        shard.average_gradients(params)
         grad_norm = torch.nn.utils.clip_grad_norm_(params, settings.grad_clip if settings.grad_clip else math.inf)
         opt.step()
         sched.step()
-        entry = {"step": step, "loss": float(loss.detach()), "grad_norm": float(grad_norm),
-                 "lr": sched.get_last_lr()[0],
-                 **{k: float(v.detach()) if torch.is_tensor(v) else float(v) for k, v in parts.items()}}
+        values = {"loss": float(loss.detach()),
+                  **{k: float(v.detach()) if torch.is_tensor(v) else float(v) for k, v in parts.items()}}
+        values = shard.mean_weighted(values, weight)
+        entry = {"step": step, "loss": values.pop("loss"), "grad_norm": float(grad_norm),
+                 "lr": sched.get_last_lr()[0], **values}
         log.append(entry)
         bar.set_postfix(loss=f"{entry['loss']:.4f}", refresh=False)
         if on_step is not None:
             on_step(step, entry)
     bar.close()
     return log
+
+
+def positions(data) -> Callable[[torch.Tensor], int]:
+    """The units a loss over supervised positions averages: how many the examples ``rows`` have."""
+    return lambda rows: int(data.supervised[rows].sum())
 
 
 def trainable(modules: Iterable[torch.nn.Module]) -> list[torch.Tensor]:

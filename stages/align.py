@@ -1,7 +1,8 @@
 """Stage `align`: semantic bases of both LM heads and the alignment map A (D_t x D_s)."""
 
-from pipeline import layout
+from pipeline import launch, layout
 from pipeline.alignment import alignment_map
+from pipeline.compute import place
 from pipeline.artifacts import atomic_path, save_tensors, write_json
 from pipeline.loading import check_same_vocab, load_lm_head, load_tokenizer
 from pipeline.params import load_params, section
@@ -9,7 +10,9 @@ from pipeline.runner import CostTag, run_stage
 
 
 def main() -> None:
-    params = section(load_params(), "alignment")
+    all_params = load_params()
+    params = section(all_params, "alignment")
+    place(all_params, "align", uses_device=False, why_cpu="a float64 SVD of the two LM heads, read without the models")
     src_dir, tgt_dir = layout.model_dir("source"), layout.model_dir("target")
     source_head, target_head = load_lm_head(src_dir), load_lm_head(tgt_dir)
     check_same_vocab(load_tokenizer(str(src_dir)), load_tokenizer(str(tgt_dir)),
@@ -22,4 +25,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    launch.one_process("stages.align")
     run_stage("align", main, CostTag("semalign"))

@@ -13,10 +13,11 @@ import sys
 
 import torch
 
-from pipeline import chain, layout
+from pipeline import chain, launch, layout
 from pipeline.adapter import ModelAdapter
 from pipeline.artifacts import load_metadata, load_tensors, read_json, write_json
 from pipeline.cka import cka_matrix, prepare
+from pipeline.compute import place
 from pipeline.data import encoded_from_tensors
 from pipeline.errors import PipelineError
 from pipeline.figures import (attribution_records, cka_records, loss_records, paired_cka, pairing_records,
@@ -47,7 +48,7 @@ def main() -> None:
     check_seed(params, seed)
     run = layout.run_name(task, seed)
     cfg = section(params, "analysis")
-    dtype = str(section(params, "models").get("dtype", "bfloat16"))
+    placement = place(params, f"analysis@{run}")
     val = layout.source_dir(task) / "validation"
     tokens_file = val / "tokens.safetensors"
     enc = encoded_from_tensors(load_metadata(tokens_file)["ids"] if tokens_file.is_file() else [],
@@ -55,6 +56,15 @@ def main() -> None:
     pairing = read_json(layout.pairing_file(task), "the pair stage")
     scores = read_json(layout.attribution_file(task), "the attribute stage")["scores"]
     rows = position_subset(enc.n_supervised, int(cfg["max_positions"]))
+
+    states = {}
+    for name, model_dir in (("before", layout.model_dir("target")), ("after", layout.export_dir(task, seed))):
+        adapter = ModelAdapter(load_model(str(model_dir), placement=placement))
+        states[name] = target_states(adapter, enc, int(cfg["batch_size"]), progress=False, rows=rows,
+                                     shard=placement.shard)
+        del adapter
+    if not placement.shard.is_main:
+        return  # the main process has every process's states and writes the figures
 
     source = []
     for layer in range(1, int(pairing["n_source"]) + 1):
@@ -64,12 +74,7 @@ def main() -> None:
                                 "supervised positions", "re-run the extract stage for this task")
         source.append(prepare(hidden[rows]))
 
-    matrices = {}
-    for name, model_dir in (("before", layout.model_dir("target")), ("after", layout.export_dir(task, seed))):
-        adapter = ModelAdapter(load_model(str(model_dir), dtype))
-        states = target_states(adapter, enc, int(cfg["batch_size"]), progress=False)
-        matrices[name] = cka_matrix(source, (h[rows] for h in states))
-        del adapter, states
+    matrices = {name: cka_matrix(source, hs) for name, hs in states.items()}  # hs: already the rows
 
     pairs = [int(p) for p in pairing["pairs"]]
     for name, matrix in matrices.items():
@@ -87,4 +92,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    launch.data_parallel("stages.analysis")
     run_stage(f"analysis@{layout.run_name(*task_and_seed(sys.argv[1:]))}", main)

@@ -2,10 +2,11 @@
 
 import sys
 
-from pipeline import layout
+from pipeline import launch, layout
 from pipeline.adapter import ModelAdapter
 from pipeline.artifacts import write_json
 from pipeline.attribution import layer_scores
+from pipeline.compute import place
 from pipeline.data import encode_split
 from pipeline.loading import load_model, load_tokenizer
 from pipeline.pairing import critical_layers
@@ -18,14 +19,18 @@ def main() -> None:
     params = load_params()
     check_task(params, task)
     cfg = section(params, "attribution")
+    placement = place(params, f"attribute@{task}")
     src = str(layout.model_dir("source"))
     enc = encode_split(load_tokenizer(src), layout.task_dir(task), "attribution", section(params, "data"))
-    adapter = ModelAdapter(load_model(src, str(cfg.get("dtype", "float32"))))
-    scores = layer_scores(adapter, enc, int(cfg["batch_size"]), str(cfg["aggregate"]))
+    adapter = ModelAdapter(load_model(src, placement=placement, spread=True))
+    scores = layer_scores(adapter, enc, int(cfg["batch_size"]), str(cfg["aggregate"]), shard=placement.shard)
+    if scores is None:
+        return  # the main process writes the scores every process contributed to
     write_json(layout.attribution_file(task), {
         "task": task, "aggregate": cfg["aggregate"], "examples": len(enc.ids),
         "scores": scores, "critical": critical_layers(scores, int(cfg.get("n_critical", 1)))})
 
 
 if __name__ == "__main__":
+    launch.data_parallel("stages.attribute")
     run_stage(f"attribute@{sys.argv[1]}", main, CostTag("semalign", sys.argv[1]))

@@ -11,7 +11,9 @@ outputs in ``artifacts/TASK/source/``; writes ``artifacts/TASK/baselines/METHOD-
 import argparse
 import sys
 
-from pipeline.baselines import METHODS
+from pipeline import launch
+from pipeline.baselines import METHODS, ON_DEVICE
+from pipeline.compute import place
 from pipeline.params import load_params
 from pipeline.runner import CostTag, run_stage
 
@@ -27,13 +29,22 @@ def parse(argv: list[str]) -> argparse.Namespace:
 def main(args: argparse.Namespace) -> None:
     from pipeline.baselines import runner
 
-    ctx = runner.make_context(load_params(), args.method, args.task, args.seed)
+    params = load_params()
+    ctx = runner.make_context(params, args.method, args.task, args.seed)
+    name = f"baseline-{args.method}@{args.task}-s{args.seed}"
+    ctx.placement = place(params, name) if args.method in ON_DEVICE else place(
+        params, name, uses_device=False, why_cpu=f"{args.method}'s locate/sensitivity code is CPU-only")
     out = runner.output_dir(".", args.task, args.method, args.seed)
     cost = runner.run(ctx, out)
-    print(f"{out}: {cost['wall_s']:.1f} s, peak RSS {cost['peak_rss_gib']:.2f} GiB")
+    if cost is not None:
+        print(f"{out}: {cost['wall_s']:.1f} s, peak RSS {cost['peak_rss_gib']:.2f} GiB")
 
 
 if __name__ == "__main__":
     ARGS = parse(sys.argv[1:])
+    if ARGS.method in ON_DEVICE:
+        launch.data_parallel("stages.baseline")
+    else:
+        launch.one_process("stages.baseline")
     run_stage(f"baseline-{ARGS.method}@{ARGS.task}-s{ARGS.seed}", lambda: main(ARGS),
               CostTag(ARGS.method, ARGS.task, ARGS.seed))

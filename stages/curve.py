@@ -6,13 +6,14 @@ and the per-example values behind them in artifacts/TASK/curve-sSEED.json."""
 
 import sys
 
-from pipeline import chain, layout
+from pipeline import chain, launch, layout
 from pipeline.adapter import ModelAdapter
 from pipeline.artifacts import load_metadata, load_tensors, write_json
+from pipeline.compute import place
 from pipeline.curve import curve_points, heldout_curve, save_plot, summarise
 from pipeline.data import encoded_from_tensors
 from pipeline.loading import load_model
-from pipeline.params import check_seed, check_task, compute_dtype, load_params, section, task_and_seed
+from pipeline.params import check_seed, check_task, load_params, section, task_and_seed
 from pipeline.runner import run_stage
 
 
@@ -28,7 +29,8 @@ def main() -> None:
     tokens = load_tensors(tokens_file, "the extract stage")
     enc = encoded_from_tensors(load_metadata(tokens_file)["ids"], tokens)
     src = load_tensors(val / "output_topk.safetensors", "the extract stage")
-    target = ModelAdapter(load_model(str(layout.model_dir("target")), compute_dtype(params)))
+    placement = place(params, f"curve@{run}")
+    target = ModelAdapter(load_model(str(layout.model_dir("target")), placement=placement))
     chain.check_chain(chain.load_chain(), list(params["tasks"]), list(params["seeds"]), target.n_layers)
 
     def trained_block(k: int):
@@ -51,4 +53,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    launch.one_process("stages.curve")
     run_stage(f"curve@{layout.run_name(*task_and_seed(sys.argv[1:]))}", main)

@@ -26,7 +26,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.artifacts import atomic_path, write_json  # noqa: E402
+from pipeline import launch  # noqa: E402
 from pipeline.benchmarks import BENCHMARKS, PRIMARY, Settings, check_records, evaluate, select  # noqa: E402
+from pipeline.compute import place  # noqa: E402
 from pipeline.data import read_jsonl, write_jsonl  # noqa: E402
 from pipeline.errors import PipelineError  # noqa: E402
 from pipeline.params import load_params, section  # noqa: E402
@@ -66,16 +68,6 @@ def sandbox_line(info: dict) -> str:
     return line
 
 
-def pick_device(name: str) -> str:
-    import torch
-
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name not in ("cpu", "cuda"):
-        raise PipelineError(f"unknown evaluation.device {name!r}", "use auto, cpu or cuda")
-    return name
-
-
 def warn_slow_dtype(dtype: str, device: str) -> None:
     """Half precision on a CPU without AVX-512 runs through emulated kernels.
 
@@ -88,7 +80,7 @@ def warn_slow_dtype(dtype: str, device: str) -> None:
         capability = torch.backends.cpu.get_cpu_capability()
         if not capability.startswith("AVX512"):
             print(f"warning: {dtype} on a {capability} CPU is emulated and can be ~10-80x slower than float32; "
-                  "consider evaluation.dtype: float32", file=sys.stderr)
+                  "consider compute.dtype.cpu: float32", file=sys.stderr)
 
 
 def summary_line(benchmark: str, key: str, metrics: dict) -> str:
@@ -100,12 +92,13 @@ def summary_line(benchmark: str, key: str, metrics: dict) -> str:
 def run(args: argparse.Namespace) -> None:
     if args.benchmark not in BENCHMARKS:
         raise PipelineError(f"unknown benchmark {args.benchmark!r}", f"use one of {', '.join(BENCHMARKS)}")
-    block = section(load_params(args.params), "evaluation")
+    params = load_params(args.params)
+    block = section(params, "evaluation")
     model_dir = Path(args.model or Path("models") / args.model_key)
     if not (model_dir / "config.json").is_file():
         raise PipelineError(f"model directory {model_dir} has no config.json",
                             f"build it first (`dvc repro`) or pass --model DIR for key {args.model_key!r}")
-    device = pick_device(block.get("device", "auto"))  # a bad value fails before any work
+    placement = place(params, f"evaluate@{args.model_key}-{args.benchmark}")  # a bad value fails before any work
     settings = settings_for(block, args.benchmark)
     split = Path(args.tasks_dir) / args.benchmark / "evaluation.jsonl"
     records = read_jsonl(split)
@@ -118,7 +111,7 @@ def run(args: argparse.Namespace) -> None:
 
     from pipeline.loading import load_model, load_tokenizer
 
-    warn_slow_dtype(block.get("dtype", "float32"), device)
+    warn_slow_dtype(placement.dtype, placement.device)
     if block.get("threads"):
         # On a shared or busy CPU, fewer intra-op threads can be much faster: idle OpenMP
         # workers spin while the OS schedules someone else's process on their core.
@@ -126,14 +119,18 @@ def run(args: argparse.Namespace) -> None:
 
         torch.set_num_threads(int(block["threads"]))
     tokenizer = load_tokenizer(str(model_dir))
-    model = load_model(str(model_dir), block.get("dtype", "float32")).to(device)
-    result = evaluate(args.benchmark, model, tokenizer, records, settings, sandbox, progress=not args.no_progress)
+    model = load_model(str(model_dir), placement=placement, spread=True)
+    result = evaluate(args.benchmark, model, tokenizer, records, settings, sandbox, progress=not args.no_progress,
+                      shard=placement.shard)
+    if result is None:
+        return  # the main process writes what every process computed
 
     out_dir = Path(args.artifacts_dir) / args.model_key / args.benchmark
     with atomic_path(out_dir, is_dir=True) as tmp:
         write_jsonl(tmp / "samples.jsonl", result.samples)
         write_json(tmp / "details.json", {"model_key": args.model_key, "model_dir": str(model_dir),
-                                          "dtype": block.get("dtype", "float32"), "split": str(split),
+                                          "dtype": placement.dtype, "device": placement.device,
+                                          "processes": placement.shard.world, "split": str(split),
                                           "metrics": result.metrics, **result.details})
     # Metrics last: their presence means the samples behind them are complete.
     write_json(Path(args.metrics_dir) / args.model_key / f"{args.benchmark}.json",
@@ -156,4 +153,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    launch.data_parallel("stages.evaluate")
     sys.exit(main())

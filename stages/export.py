@@ -3,12 +3,13 @@ that seed's chain, as a Hugging Face directory."""
 
 import sys
 
-from pipeline import chain, layout
+from pipeline import chain, launch, layout
 from pipeline.adapter import ModelAdapter
 from pipeline.artifacts import load_tensors
+from pipeline.compute import place
 from pipeline.export import export_model
 from pipeline.loading import load_model, load_tokenizer, torch_dtype
-from pipeline.params import check_seed, check_task, compute_dtype, load_params, seeds, storage_dtype, task_and_seed
+from pipeline.params import check_seed, check_task, load_params, seeds, storage_dtype, task_and_seed
 from pipeline.runner import CostTag, run_stage
 
 
@@ -18,7 +19,9 @@ def main() -> None:
     check_task(params, task)
     check_seed(params, seed)
     tgt = str(layout.model_dir("target"))
-    target = ModelAdapter(load_model(tgt, compute_dtype(params)))
+    placement = place(params, f"export@{layout.run_name(task, seed)}", uses_device=False,
+                      why_cpu="it only copies trained blocks into the target's weights")
+    target = ModelAdapter(load_model(tgt, placement=placement))
     chain.check_chain(chain.load_chain(), list(params["tasks"]), seeds(params), target.n_layers)
     blocks = {k: load_tensors(layout.frontier_dir(task, chain.key(task, k, seed)) / "block.safetensors",
                               f"frontier@{chain.key(task, k, seed)}")
@@ -28,5 +31,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    launch.one_process("stages.export")
     TASK, SEED = task_and_seed(sys.argv[1:])
     run_stage(f"export@{layout.run_name(TASK, SEED)}", main, CostTag("semalign", TASK, SEED))

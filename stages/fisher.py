@@ -5,14 +5,16 @@ import sys
 
 from tqdm.auto import tqdm
 
-from pipeline import chain, layout
+from pipeline import chain, launch, layout
 from pipeline.adapter import ModelAdapter
 from pipeline.alignment import align
-from pipeline.artifacts import atomic_path, load_tensors, read_json, save_tensors
+from pipeline.artifacts import load_tensors, read_json, save_tensors
+from pipeline.compute import place
 from pipeline.errors import PipelineError
 from pipeline.loading import load_model, torch_dtype
 from pipeline.pairing import validate_pairing
-from pipeline.params import check_task, compute_dtype, fisher_tau, load_params, section
+from pipeline.parallel import shared_dir
+from pipeline.params import check_task, fisher_tau, load_params, section
 from pipeline.runner import CostTag, run_stage
 from pipeline.supervision import fisher_stats, source_loader, supervision
 
@@ -25,19 +27,22 @@ def main() -> None:
     pairing = read_json(layout.pairing_file(task), "the pair stage")
     validate_pairing(pairing)
     amap = load_tensors(layout.alignment_dir() / "map.safetensors", "the align stage")["map"]
-    target = ModelAdapter(load_model(str(layout.model_dir("target")), compute_dtype(params)))
+    placement = place(params, f"fisher@{task}")
+    target = ModelAdapter(load_model(str(layout.model_dir("target")), placement=placement))
     if pairing["n_target"] != target.n_layers:
         raise PipelineError(f"pairing is for {pairing['n_target']} target layers, the target has {target.n_layers}",
                             "re-run the pair stage for this model pair (`dvc repro`)")
     load = source_loader(layout.source_dir(task) / "transfer")
     interface = str(cfg.get("interface", "state"))
     store = torch_dtype(str(section(params, "extract").get("hidden_dtype", "bfloat16")))
-    with atomic_path(layout.fisher_dir(task), is_dir=True) as tmp:
-        save_tensors(layout.layer_file(tmp, 0), {"aligned": align(load(0), amap).to(store)}, {"layer": 0})
+    shard = placement.shard  # layers are independent: each process writes its share of the layer files
+    with shared_dir(layout.fisher_dir(task), shard) as tmp:
+        if shard.is_main:
+            save_tensors(layout.layer_file(tmp, 0), {"aligned": align(load(0), amap).to(store)}, {"layer": 0})
         # Only blocks with a layer objective read their supervision (frontier.layer_from).
         first = max(1, chain.block_number(int(section(params, "frontier").get("layer_from", 1)),
                                                   target.n_layers))
-        for k in tqdm(range(first, target.n_layers), desc=f"fisher {task}"):
+        for _, k in tqdm(shard.mine(range(first, target.n_layers)), desc=f"fisher {task}"):
             aligned = supervision(pairing, k, load, amap, interface)
             stats = fisher_stats(target, aligned, int(cfg["top_k"]), tau)
             save_tensors(layout.layer_file(tmp, k), {
@@ -46,4 +51,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    launch.data_parallel("stages.fisher")
     run_stage(f"fisher@{sys.argv[1]}", main, CostTag("semalign", sys.argv[1]))

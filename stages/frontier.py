@@ -9,15 +9,16 @@ import sys
 
 import torch
 
-from pipeline import chain, layout
+from pipeline import chain, launch, layout
 from pipeline.adapter import ModelAdapter
 from pipeline.artifacts import atomic_path, load_metadata, load_tensors, save_tensors, write_json
+from pipeline.compute import place
 from pipeline.errors import PipelineError
 from pipeline.frontier import LayerTargets, OutputTargets, States, frontier_config, train_block
 from pipeline.loading import load_model_blocks, torch_dtype
 from pipeline.losslog import BackgroundLossLog
-from pipeline.params import check_task, compute_dtype, load_params, section, storage_dtype
-from pipeline.runner import CostTag, run_stage
+from pipeline.params import check_task, load_params, section, storage_dtype
+from pipeline.runner import CostTag, is_main_process, run_stage
 
 
 def layer_targets(task: str, k: int, tau: float) -> LayerTargets:
@@ -31,14 +32,16 @@ def layer_targets(task: str, k: int, tau: float) -> LayerTargets:
 
 
 def main() -> None:
-    loss_log = BackgroundLossLog()  # imports DVCLive on the other core meanwhile
+    # Imports DVCLive on the other core meanwhile; only the main process writes the log.
+    loss_log = BackgroundLossLog() if is_main_process() else None
     try:
         train(sys.argv[1], loss_log)
     finally:
-        loss_log.close()
+        if loss_log is not None:
+            loss_log.close()
 
 
-def train(stage_key: str, loss_log: BackgroundLossLog) -> None:
+def train(stage_key: str, loss_log: BackgroundLossLog | None) -> None:
     params = load_params()
     entry = chain.load_chain().get(stage_key)
     if entry is None:
@@ -50,8 +53,9 @@ def train(stage_key: str, loss_log: BackgroundLossLog) -> None:
     cfg = frontier_config(params, seed)
     # Block k alone (k..L when the stage adds the output KL): the others are never run.
     n_layers = chain.target_depth(str(section(params, "models")["target"]))
-    target = ModelAdapter(load_model_blocks(layout.model_dir("target"), compute_dtype(params), k,
-                                            None if cfg.has_output_kl(k, n_layers) else k))
+    placement = place(params, f"frontier@{stage_key}")
+    target = ModelAdapter(load_model_blocks(layout.model_dir("target"), placement.dtype, k,
+                                            None if cfg.has_output_kl(k, n_layers) else k, device=placement.device))
     target.check_layer(k, "frontier layer")
     prev = load_tensors(layout.frontier_dir(task, entry["prev"]) / "states.safetensors", f"frontier@{entry['prev']}")
     source_tokens = load_tensors(layout.source_dir(task) / "transfer" / "tokens.safetensors", "the extract stage")
@@ -66,7 +70,9 @@ def train(stage_key: str, loss_log: BackgroundLossLog) -> None:
         out = load_tensors(layout.source_dir(task) / "transfer" / "output_topk.safetensors", "the extract stage")
         output = OutputTargets(out["topk_ids"], out["topk_logits"])
     store = torch_dtype(storage_dtype(params))
-    result = train_block(target, k, states, targets, output, cfg, store_dtype=store)
+    result = train_block(target, k, states, targets, output, cfg, store_dtype=store, shard=placement.shard)
+    if loss_log is None:
+        return  # the main process writes the block every process trained
     with atomic_path(layout.frontier_dir(task, stage_key), is_dir=True) as tmp:
         save_tensors(tmp / "block.safetensors", result.block_state, {"layer": k, "prefix": target.block_prefix(k)})
         save_tensors(tmp / "states.safetensors", {"hidden": result.states_out.to(store), "input_ids": prev["input_ids"],
@@ -81,6 +87,7 @@ def train(stage_key: str, loss_log: BackgroundLossLog) -> None:
 
 
 if __name__ == "__main__":
+    launch.data_parallel("stages.frontier")
     try:
         TAG = CostTag("semalign", *chain.parse_key(sys.argv[1])[:2])
     except PipelineError:

@@ -10,17 +10,20 @@ every other model with it on the same examples (``pipeline.heldout.difference``)
 
 * ``artifacts/heldout/MODEL_KEY/TASK.json``: the per-example values and the example ids;
 * ``metrics/heldout/MODEL_KEY/TASK.json``: ``{TASK: {MODEL_KEY: {kl, top1, examples, positions}}}``.
+
+Data parallel over ``compute.processes``: each process scores its share of the batches, the main
+process writes both files.
 """
 
 import argparse
 import sys
 from pathlib import Path
 
-from pipeline import layout
+from pipeline import launch, layout
 from pipeline.artifacts import load_metadata, load_tensors, write_json
 from pipeline.data import encoded_from_tensors
 from pipeline.errors import PipelineError
-from pipeline.params import check_task, compute_dtype, load_params, section
+from pipeline.params import check_task, load_params, section
 from pipeline.runner import run_stage
 
 
@@ -47,11 +50,15 @@ def main(args: argparse.Namespace) -> None:
     src = load_tensors(val / "output_topk.safetensors", "the extract stage")
 
     from pipeline.adapter import ModelAdapter
+    from pipeline.compute import place
     from pipeline.heldout import score
     from pipeline.loading import load_model
 
-    adapter = ModelAdapter(load_model(str(model_dir), compute_dtype(params)))
-    result = score(adapter, enc, src["topk_ids"], src["topk_logits"], batch)
+    placement = place(params, f"heldout@{args.model_key}-{args.task}")
+    adapter = ModelAdapter(load_model(str(model_dir), placement=placement))
+    result = score(adapter, enc, src["topk_ids"], src["topk_logits"], batch, shard=placement.shard)
+    if result is None:
+        return  # the main process writes what every process scored
     write_json(layout.heldout_examples(args.model_key, args.task),
                {"model_key": args.model_key, "task": args.task, "ids": list(enc.ids), **result.to_json()})
     summary = {"kl": round(result.mean_kl, 6), "top1": round(result.mean_top1, 6),
@@ -62,5 +69,6 @@ def main(args: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":
+    launch.data_parallel("stages.heldout")
     ARGS = parse(sys.argv[1:])
     run_stage(f"heldout@{ARGS.model_key}-{ARGS.task}", lambda: main(ARGS))

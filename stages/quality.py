@@ -4,21 +4,24 @@
   of SemAlign's transferred target, the KL reduction and the top-1 gain with 95 % paired
   bootstrap intervals, read from the heldout stages' per-example records (no model runs again).
 - Per-layer aligned-logit agreement of both, at ``quality.max_positions`` evenly spaced
-  supervised positions (each layer reads the full vocabulary at each position)."""
+  supervised positions (each layer reads the full vocabulary at each position). Data parallel:
+  each process scores the positions in its share of the batches; the main process adds the
+  hits and writes the metrics."""
 
 import sys
 
 import torch
 
-from pipeline import layout
+from pipeline import launch, layout
 from pipeline.adapter import ModelAdapter
 from pipeline.artifacts import load_metadata, load_tensors, read_json, write_json
+from pipeline.compute import place
 from pipeline.data import encoded_from_tensors
 from pipeline.errors import PipelineError
 from pipeline.heldout import Agreement
 from pipeline.loading import load_model
-from pipeline.params import check_seed, check_task, compute_dtype, load_params, section, task_and_seed
-from pipeline.quality import evenly_spaced, headline, layer_agreement, target_states
+from pipeline.params import check_seed, check_task, load_params, section, task_and_seed
+from pipeline.quality import evenly_spaced, headline, layer_hits, shard_rows, stack_layers, state_pieces
 from pipeline.runner import run_stage
 from pipeline.supervision import aligned_logits_chunks, aligned_state, source_loader
 
@@ -41,7 +44,7 @@ def main() -> None:
         raise PipelineError(f"quality.max_positions is {limit}", "set it to the number of validation positions to "
                             "score per layer, e.g. 256")
     run = layout.run_name(task, seed)
-    dtype = compute_dtype(params)
+    batch = int(cfg["batch_size"])
     val = layout.source_dir(task) / "validation"
     tokens_file = val / "tokens.safetensors"
     enc = encoded_from_tensors(load_metadata(tokens_file)["ids"] if tokens_file.is_file() else [],
@@ -49,19 +52,29 @@ def main() -> None:
     pairing = read_json(layout.pairing_file(task), "the pair stage")
     amap = load_tensors(layout.alignment_dir() / "map.safetensors", "the align stage")["map"]
     summary = headline(*heldout_records(task, seed))  # before the models load: a missing record fails at once
+    placement = place(params, f"quality@{run}")  # a bad compute setting fails before the models load
+    shard = placement.shard
     rows = evenly_spaced(enc.n_supervised, limit)
+    own = shard_rows(enc, batch, rows, shard)  # the scored positions in this process's batches
     models = {"target": layout.model_dir("target"), "semalign": layout.export_dir(task, seed)}
-    adapters = {name: ModelAdapter(load_model(str(d), dtype)) for name, d in models.items()}
+    adapters = {name: ModelAdapter(load_model(str(d), placement=placement)) for name, d in models.items()}
     reference = adapters["target"]  # final norm and LM head are untouched by the transfer
     load = source_loader(val)
     aligned_top1 = []
     for k in range(1, reference.n_layers + 1):
-        aligned = aligned_state(pairing, k, load, amap)[rows]
-        aligned_top1.append(torch.cat([z.argmax(-1) for z in aligned_logits_chunks(reference, aligned)]))
+        aligned = aligned_state(pairing, k, load, amap)[own]
+        aligned_top1.append(torch.cat([z.argmax(-1).cpu() for z in aligned_logits_chunks(reference, aligned)]
+                                      or [torch.zeros(0, dtype=torch.long)]))
+    hits = {}
+    for name, adapter in adapters.items():  # the scored positions of this process's batches, in order
+        hs = stack_layers(adapter, [h for _, h in state_pieces(adapter, enc, batch, rows=rows, shard=shard)])
+        hits[name] = [layer_hits(adapter, h, top1) for h, top1 in zip(hs, aligned_top1)]
+    counted = shard.gather([(shard.rank, hits)])  # every process's hits, on the main process
+    if counted is None:
+        return  # the main process writes what every process counted
     metrics, per_layer = {**summary, "positions": len(rows), "positions_total": enc.n_supervised}, []
-    for name, adapter in adapters.items():
-        hs = target_states(adapter, enc, int(cfg["batch_size"]), rows=rows)
-        layers = [layer_agreement(adapter, h, top1) for h, top1 in zip(hs, aligned_top1)]
+    for name in adapters:
+        layers = [sum(c[name][k] for c in counted) / max(len(rows), 1) for k in range(reference.n_layers)]
         metrics[f"{name}_layer_agreement"] = sum(layers) / len(layers)
         per_layer.append(layers)
     write_json(layout.quality_metrics(run), metrics)
@@ -71,4 +84,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    launch.data_parallel("stages.quality")
     run_stage(f"quality@{layout.run_name(*task_and_seed(sys.argv[1:]))}", main)

@@ -29,7 +29,7 @@ def dvc_env(tmp: Path) -> dict[str, str]:
 
 def tiny_params(source: Path, target: Path, tasks=("toy",)) -> dict:
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["models"] = {"source": str(source), "target": str(target), "dtype": "float32", "compute_dtype": "float32"}
+    params["models"] = {"source": str(source), "target": str(target), "dtype": "float32"}
     params["tasks"] = list(tasks)
     params["tasks_config"] = {t: {"attribution": 3, "transfer": 6, "validation": 4, "evaluation": 4} for t in tasks}
     params["data"]["max_length"] = 48

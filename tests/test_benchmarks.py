@@ -119,7 +119,7 @@ def _stage(tmp_path: Path, tiny_dir: Path, *args: str) -> subprocess.CompletedPr
 
 
 def test_evaluate_stage_writes_metrics_and_samples(tmp_path, tiny_dir, monkeypatch):
-    params = {"evaluation": {"dtype": "float32", "batch_size": 4,
+    params = {"evaluation": {"batch_size": 4,
                              "benchmarks": {"mmlu": {"limit": 3}, "gsm8k": {"limit": 2, "max_new_tokens": 8}},
                              "sandbox": {"timeout_s": 5}}}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
@@ -155,7 +155,7 @@ def test_evaluate_stage_reports_user_errors_before_loading(tmp_path, tiny_dir, m
     stage = _stage_module()
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr("pipeline.loading.load_model", lambda *a, **k: pytest.fail("model loaded before checks"))
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"evaluation": {"dtype": "float32"}}))
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"evaluation": {}}))
     assert stage.main(["tiny", "mmlu", "--model", str(tiny_dir)]) == 2
     err = capsys.readouterr().err
     assert "task file" in err and "fix:" in err
@@ -181,7 +181,7 @@ def test_evaluate_stage_warns_on_a_fallback_and_can_require_kernel_isolation(tmp
     real = sandbox_module._which
     monkeypatch.setattr(sandbox_module, "_which", lambda name: None if name == "unshare" else real(name))
     write_jsonl(tmp_path / "data/tasks/humaneval/evaluation.jsonl", [humaneval_record(0)])
-    params = {"evaluation": {"dtype": "float32", "benchmarks": {"humaneval": {"limit": 1, "max_new_tokens": 4}},
+    params = {"evaluation": {"benchmarks": {"humaneval": {"limit": 1, "max_new_tokens": 4}},
                              "sandbox": {"timeout_s": 10, "isolation": "namespaces"}}}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     with monkeypatch.context() as m:

@@ -415,7 +415,7 @@ def test_fisher_stage_and_frontier_share_one_temperature(tiny_pair, tmp_path, mo
     save_tensors(tmp_path / layout.alignment_dir() / "map.safetensors", {"map": torch.eye(tgt.width)})
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["tasks"] = ["toy"]
-    params["models"]["compute_dtype"] = "float32"
+    params["compute"]["dtype"] = "float32"
     params["extract"]["hidden_dtype"] = "float32"
     params["fisher"].update(tau=2.0, top_k=tgt.vocab_size)
     # one batch: the mean over all positions; the layer objective alone, on every block

@@ -85,7 +85,7 @@ def open_split(root: str | Path, needs_topk: bool = True, layers: tuple[int, ...
 
 def check_same_encoding(cached: CachedSplit, encoded: EncodedSplit) -> None:
     """The cache must hold exactly the target-side encoding of the split's records."""
-    a, b = cached.tokens, encoded
+    a, b = cached.tokens, encoded.to("cpu")
     same = (a.input_ids.shape == b.input_ids.shape and torch.equal(a.input_ids, b.input_ids)
             and torch.equal(a.attention_mask, b.attention_mask) and torch.equal(a.supervised, b.supervised))
     if not same:

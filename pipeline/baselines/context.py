@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -16,9 +16,13 @@ from pipeline.data import EncodedSplit, SUPERVISE_MODES, encode, read_jsonl
 from pipeline.errors import PipelineError
 from pipeline.loading import DTYPES, load_model, load_tokenizer
 from pipeline.lora import LoraSettings
+from pipeline.parallel import SINGLE, Shard
 from pipeline.training import TrainSettings
 
-COMMON_KEYS = {"seeds", "enabled", "compute_dtype", "save_dtype", "lora"}
+if TYPE_CHECKING:
+    from pipeline.compute import Placement
+
+COMMON_KEYS = {"seeds", "enabled", "save_dtype", "lora"}
 
 
 @dataclass(frozen=True)
@@ -45,7 +49,6 @@ class Common:
 
     max_length: int = 384
     supervise: str = "answer"
-    compute_dtype: str = "float32"
     save_dtype: str = "auto"  # "auto": the target checkpoint's own dtype
     lora: LoraSettings = field(default_factory=LoraSettings)
 
@@ -53,15 +56,13 @@ class Common:
     def from_params(cls, block: dict[str, Any], data: dict[str, Any]) -> "Common":
         c = cls(max_length=int(data.get("max_length", cls.max_length)),
                 supervise=str(data.get("supervise", cls.supervise)),
-                compute_dtype=str(block.get("compute_dtype", cls.compute_dtype)),
                 save_dtype=str(block.get("save_dtype", cls.save_dtype)),
                 lora=LoraSettings.from_params(block.get("lora")))
         if c.supervise not in SUPERVISE_MODES:
             raise PipelineError(f"unknown data.supervise {c.supervise!r}", f"use one of {SUPERVISE_MODES}")
-        for key, value in (("compute_dtype", c.compute_dtype), ("save_dtype", c.save_dtype)):
-            allowed = sorted(DTYPES) + (["auto"] if key == "save_dtype" else [])
-            if value not in allowed:
-                raise PipelineError(f"unknown baselines.{key} {value!r}", f"use one of {allowed}")
+        allowed = sorted(DTYPES) + ["auto"]
+        if c.save_dtype not in allowed:
+            raise PipelineError(f"unknown baselines.save_dtype {c.save_dtype!r}", f"use one of {allowed}")
         return c
 
 
@@ -74,6 +75,15 @@ class Context:
     common: Common
     block: dict[str, Any]  # the method's own params block
     cost: Cost = field(default_factory=Cost)
+    placement: Placement | None = None  # where the run computes (pipeline.compute); None: the CPU in float32
+
+    @property
+    def device(self) -> str:
+        return self.placement.device if self.placement else "cpu"
+
+    @property
+    def shard(self) -> Shard:
+        return self.placement.shard if self.placement else SINGLE
 
     def train_settings(self) -> TrainSettings:
         """The method's own ``train`` block (each method has one, so that tuning one method's
@@ -110,16 +120,22 @@ class Context:
         return load_tokenizer(str(self.paths.target))
 
     def load_target(self) -> nn.Module:
-        return load_model(str(self.paths.target), self.common.compute_dtype)
+        return self._load(self.paths.target)
 
     def load_source(self) -> nn.Module:
-        return load_model(str(self.paths.source), self.common.compute_dtype)
+        return self._load(self.paths.source)
+
+    def _load(self, path: Path) -> nn.Module:
+        if self.placement is None:
+            return load_model(str(path), "float32")
+        return load_model(str(path), placement=self.placement)
 
     def encode(self, tokenizer, split: str, limit: int | None = None, supervise: str | None = None) -> EncodedSplit:
+        """A split tokenised as the cached source outputs are, its tensors on the run's device."""
         records = read_jsonl(self.split_file(split))
         if limit:
             records = records[:limit]
-        return encode(tokenizer, records, self.common.max_length, supervise or self.common.supervise)
+        return encode(tokenizer, records, self.common.max_length, supervise or self.common.supervise).to(self.device)
 
     def save_dtype(self) -> torch.dtype:
         if self.common.save_dtype != "auto":

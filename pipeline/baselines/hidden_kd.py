@@ -22,7 +22,7 @@ from pipeline.baselines.kd import KDSettings, kd_loss, load_transfer, position_r
 from pipeline.baselines.losses import HIDDEN_LOSSES, hidden_loss
 from pipeline.errors import PipelineError
 from pipeline.pairing import base_map
-from pipeline.training import plan, train
+from pipeline.training import plan, positions, train
 
 
 @dataclass(frozen=True)
@@ -88,13 +88,15 @@ def run(ctx: Context, s: HiddenKDSettings) -> Result:
     tok = ctx.tokenizer()
     pairs = layer_pairs(ctx, s)
     data, cached = load_transfer(ctx, tok, layers=tuple(sorted(set(pairs.values()))))
-    topk_ids, topk_logits = cached.topk()
-    source_states = {l: cached.hidden(l) for l in sorted(set(pairs.values()))}  # kept in their stored dtype
+    topk_ids, topk_logits = (t.to(ctx.device) for t in cached.topk())
+    source_states = {l: cached.hidden(l).to(ctx.device) for l in sorted(set(pairs.values()))}  # in their stored dtype
     d_source = next(iter(source_states.values())).shape[1]
     with ctx.cost.phase("load"):
         model = lora.attach(ctx.load_target(), ctx.common.lora)
     adapter = ModelAdapter(model.get_base_model())
-    proj = projections(pairs, adapter.width, d_source).to(adapter.lm_head.dtype)
+    # Trained from scratch: in the training precision, fed the states cast to it.
+    proj_dtype = ctx.placement.torch_train_dtype if ctx.placement else torch.float32
+    proj = projections(pairs, adapter.width, d_source).to(adapter.lm_head.device, proj_dtype)
     outputs = BlockOutputs(adapter, pairs)
 
     def loss_fn(rows: torch.Tensor):
@@ -102,7 +104,8 @@ def run(ctx: Context, s: HiddenKDSettings) -> Result:
         pos = position_rows(data, rows)
         logits = adapter.supervised_logits(ids, mask, sup)
         kl, parts = kd_loss(logits, ids, sup, topk_ids[pos], topk_logits[pos], s.kd)
-        hid = torch.stack([hidden_loss(proj[str(k)](outputs.states[k][sup]), source_states[l][pos], s.loss)
+        hid = torch.stack([hidden_loss(proj[str(k)](outputs.states[k][sup].to(proj_dtype)), source_states[l][pos],
+                                       s.loss)
                            for k, l in pairs.items()]).mean()
         parts["hidden"] = hid
         return s.hidden_weight * hid + s.kl_weight * kl, parts
@@ -110,7 +113,8 @@ def run(ctx: Context, s: HiddenKDSettings) -> Result:
     model.train()
     with ctx.cost.phase("train"):
         log = train(list(model.parameters()) + list(proj.parameters()), plan(len(data.ids), s.kd.train, ctx.seed),
-                    loss_fn, s.kd.train, f"hidden_kd {ctx.task} s{ctx.seed}")
+                    loss_fn, s.kd.train, f"hidden_kd {ctx.task} s{ctx.seed}", shard=ctx.shard,
+                    units=positions(data))
     outputs.remove()
     shapes = {k: list(proj[str(k)].weight.shape) for k in pairs}  # logged; the projections are dropped here
     return Result(lora.merge(model), tok, {"train": log, "pairs": pairs, "projection_shapes": shapes,

@@ -17,7 +17,7 @@ from pipeline.baselines.context import Context, Result, trim
 from pipeline.baselines.losses import supervised_ce, topk_forward_kl
 from pipeline.data import EncodedSplit
 from pipeline.errors import PipelineError
-from pipeline.training import TrainSettings, plan, train
+from pipeline.training import TrainSettings, plan, positions, train
 
 
 @dataclass(frozen=True)
@@ -75,7 +75,7 @@ def kd_loss(student_logits, ids, sup, topk_ids, topk_logits, s: KDSettings):
 def run(ctx: Context, settings: KDSettings) -> Result:
     tok = ctx.tokenizer()
     data, cached = load_transfer(ctx, tok)
-    topk_ids, topk_logits = cached.topk()
+    topk_ids, topk_logits = (t.to(ctx.device) for t in cached.topk())
     with ctx.cost.phase("load"):
         model = lora.attach(ctx.load_target(), ctx.common.lora)
     adapter = ModelAdapter(model.get_base_model())
@@ -88,6 +88,7 @@ def run(ctx: Context, settings: KDSettings) -> Result:
     model.train()
     with ctx.cost.phase("train"):
         log = train(list(model.parameters()), plan(len(data.ids), settings.train, ctx.seed), loss_fn,
-                    settings.train, f"kd {ctx.task} s{ctx.seed}")
+                    settings.train, f"kd {ctx.task} s{ctx.seed}", shard=ctx.shard,
+                    units=positions(data))
     return Result(lora.merge(model), tok, {"train": log, "n_examples": len(data.ids),
                                            "n_positions": data.n_supervised, "top_k": int(topk_ids.shape[1])})

@@ -17,6 +17,7 @@ from pipeline import layout
 from pipeline.artifacts import atomic_path, write_json
 from pipeline.baselines import METHODS, method_module
 from pipeline.baselines.context import COMMON_KEYS, Common, Context, Paths
+from pipeline.compute import settings as compute_settings
 from pipeline.cost import measure
 from pipeline.errors import PipelineError
 from pipeline.params import check_baseline_seed, check_task, section
@@ -29,6 +30,7 @@ def output_dir(root: str | Path, task: str, method: str, seed: int) -> Path:
 def make_context(params: dict[str, Any], method: str, task: str, seed: int, root: str | Path = ".") -> Context:
     """Validate the request against params.yaml: method known and switched on for the task, seed listed."""
     method_module(method)
+    compute_settings(params)  # an old baselines.compute_dtype fails naming compute.dtype
     check_task(params, task)
     block = section(params, "baselines")
     unknown = set(block) - COMMON_KEYS - set(METHODS)
@@ -50,11 +52,15 @@ def make_context(params: dict[str, Any], method: str, task: str, seed: int, root
                    common=Common.from_params(block, params.get("data") or {}), block=dict(own))
 
 
-def run(ctx: Context, out: str | Path) -> dict[str, Any]:
-    """Run the method and write its output directory; returns the cost record."""
+def run(ctx: Context, out: str | Path) -> dict[str, Any] | None:
+    """Run the method and write its output directory; returns the cost record (None on the
+    processes other than the main one of a data-parallel run: it alone writes)."""
     module = method_module(ctx.method)
     settings = module.prepare(ctx)  # fails here, before any model is loaded
     torch.manual_seed(ctx.seed)
+    if not ctx.shard.is_main:
+        module.run(ctx, settings)
+        return None
     with atomic_path(out, is_dir=True) as tmp:
         with measure() as cost:
             ctx.cost = cost

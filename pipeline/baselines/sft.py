@@ -14,7 +14,7 @@ from pipeline.baselines.context import Context, Result, trim
 from pipeline.baselines.losses import supervised_ce
 from pipeline.data import EncodedSplit
 from pipeline.errors import PipelineError
-from pipeline.training import TrainSettings, plan, train
+from pipeline.training import TrainSettings, plan, positions, train
 
 KEYS = {"train"}
 
@@ -44,7 +44,8 @@ def finetune(ctx: Context, model, data: EncodedSplit, settings: TrainSettings, d
     steps = plan(len(data.ids), settings, ctx.seed)
     model.train()
     with ctx.cost.phase("train"):
-        log = train(list(model.parameters()), steps, ce_loss_fn(model, data), settings, desc)
+        log = train(list(model.parameters()), steps, ce_loss_fn(model, data), settings, desc, shard=ctx.shard,
+                    units=positions(data))
     return lora.merge(model), log
 
 

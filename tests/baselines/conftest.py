@@ -28,7 +28,6 @@ def baseline_params() -> dict:
     """The params.yaml blocks a baseline run reads, sized for seconds-long runs on the tiny pair."""
     return {"tasks": [TASK], "seeds": [0, 1], "data": {"max_length": MAX_LENGTH, "supervise": "answer"}, "baselines": {
         "seeds": [0, 1],
-        "compute_dtype": "float32",
         "save_dtype": "auto",
         "lora": {"r": 16, "alpha": 16, "dropout": 0.05, "targets": ["q", "k", "v", "o", "gate", "up", "down"]},
         "enabled": {m: [TASK] for m in ("sft", "kd", "hidden_kd", "seeking", "laten")},
