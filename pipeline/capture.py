@@ -13,7 +13,7 @@ import torch
 from tqdm.auto import tqdm
 
 from pipeline.adapter import ModelAdapter, input_device
-from pipeline.data import EncodedSplit, batches
+from pipeline.data import EncodedSplit, length_batches
 from pipeline.parallel import SINGLE, Shard
 
 
@@ -61,23 +61,39 @@ def capture(
     head = adapter.model.get_output_embeddings()
     pieces = []
     try:
-        mine = shard.mine(batches(len(encoded.ids), batch_size))
-        for b, sl in tqdm(mine, desc="extract", disable=not progress):
-            mask = encoded.supervised[sl].to(device)
+        # Right-padded examples batched by length and trimmed to the batch's longest: a causal
+        # model's states at real positions do not depend on the padding after them.
+        mine = shard.mine(length_batches(encoded.attention_mask, batch_size))
+        for b, idx in tqdm(mine, desc="extract", disable=not progress):
+            width = int(encoded.attention_mask[idx].sum(dim=1).max())
+            mask = encoded.supervised[idx, :width].to(device)
             mask_now[:] = [mask]
-            input_ids, attn = encoded.input_ids[sl].to(device), encoded.attention_mask[sl].to(device)
+            input_ids = encoded.input_ids[idx, :width].to(device)
+            attn = encoded.attention_mask[idx, :width].to(device)
             kept.clear()
             if 0 in layers:
                 kept[0] = adapter.embed(input_ids)[mask].to(store_dtype).cpu()
             final = adapter.backbone(input_ids=input_ids, attention_mask=attn).last_hidden_state
             out = head(final[mask.to(final.device)])  # (P_b, V) only at supervised positions
-            val, idx = out.float().topk(top_k, dim=-1)
-            pieces.append((b, ({l: kept[l] for l in layers}, idx.cpu(), val.cpu())))
+            val, idx_k = out.float().topk(top_k, dim=-1)
+            pieces.append((b, (idx, {l: kept[l] for l in layers}, idx_k.cpu(), val.cpu())))
     finally:
         for h in handles:
             h.remove()
     merged = shard.gather(pieces)
     if merged is None:
         return None
-    hidden = {l: torch.cat([m[0][l] for m in merged]) for l in layers}
-    return Capture(hidden, torch.cat([m[1] for m in merged]), torch.cat([m[2] for m in merged]))
+    return _in_split_order(merged, encoded.supervised.sum(dim=1), layers)
+
+
+def _in_split_order(merged: list, counts: torch.Tensor, layers: list[int]) -> Capture:
+    """Rows back in (example, position) order: each batch's rows are its examples' in turn."""
+    per_example: list = [None] * len(counts)
+    for idx, hidden, ids, vals in merged:
+        sizes = counts[idx].tolist()
+        parts = zip(*(torch.split(t, sizes) for t in [*(hidden[l] for l in layers), ids, vals]))
+        for i, part in zip(idx.tolist(), parts):
+            per_example[i] = part
+    columns = list(zip(*per_example))
+    hidden = {l: torch.cat(columns[j]) for j, l in enumerate(layers)}
+    return Capture(hidden, torch.cat(columns[-2]), torch.cat(columns[-1]))

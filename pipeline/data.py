@@ -190,6 +190,17 @@ def batches(n: int, batch_size: int) -> list[slice]:
     return [slice(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]
 
 
+def length_batches(attention_mask: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
+    """Example indices in batches of similar length (longest first, ties in split order), so a
+    batch trimmed to its longest example computes little padding: about a fifth of GSM8K's
+    tokens at max_length 256 are padding in split-order batches, almost none sorted."""
+    import torch
+
+    lengths = attention_mask.sum(dim=1)
+    order = torch.sort(lengths, descending=True, stable=True).indices
+    return [order[sl] for sl in batches(len(order), batch_size)]
+
+
 def encode_split(tokenizer, task_dir: str | os.PathLike, split: str, data_params: dict) -> EncodedSplit:
     """Read and tokenise one split with the data block of params.yaml (max_length, supervise)."""
     return encode(tokenizer, load_split(task_dir, split),

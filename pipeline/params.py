@@ -35,6 +35,26 @@ def check_task(params: dict, task: str) -> None:
                             "add it to tasks and run `python -m pipeline.chain` to extend the chain")
 
 
+def diagnostic_tasks(params: dict) -> list[str]:
+    """Tasks whose diagnostics run (params.yaml ``diagnostics``): the held-out curve after each
+    frontier stage and the analysis figures. Each must be one of ``tasks``."""
+    listed, tasks = params.get("diagnostics", []), params.get("tasks") or []
+    if not isinstance(listed, list) or not all(isinstance(t, str) for t in listed):
+        raise PipelineError(f"diagnostics must be a list of task names, got {listed!r}",
+                            f"write e.g. `diagnostics: [{(tasks or ['gsm8k'])[0]}]`, or `diagnostics: []` for none")
+    unknown = [t for t in listed if t not in tasks]
+    if unknown:
+        raise PipelineError(f"diagnostics lists {unknown}, which tasks: does not ({tasks})",
+                            "list only tasks the run transfers, or add them to tasks")
+    return listed
+
+
+def check_diagnostics_task(params: dict, task: str) -> None:
+    if task not in diagnostic_tasks(params):
+        raise PipelineError(f"diagnostics are switched off for task {task!r} (diagnostics = {params.get('diagnostics', [])})",
+                            f"add {task!r} to diagnostics in params.yaml")
+
+
 def _seed_list(values, key: str, example: str) -> list[int]:
     if not isinstance(values, list) or not values or not all(isinstance(v, int) and v >= 0 for v in values) \
             or len(set(values)) != len(values):

@@ -24,7 +24,7 @@ from pipeline.figures import (attribution_records, cka_records, loss_records, pa
                               save_heatmaps)
 from pipeline.loading import load_model
 from pipeline.losslog import read_losses
-from pipeline.params import check_seed, check_task, load_params, section, task_and_seed
+from pipeline.params import check_diagnostics_task, check_seed, check_task, load_params, section, task_and_seed
 from pipeline.quality import evenly_spaced, target_states
 from pipeline.runner import run_stage
 
@@ -45,6 +45,7 @@ def main() -> None:
     task, seed = task_and_seed(sys.argv[1:])
     params = load_params()
     check_task(params, task)
+    check_diagnostics_task(params, task)
     check_seed(params, seed)
     run = layout.run_name(task, seed)
     cfg = section(params, "analysis")

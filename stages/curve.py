@@ -13,7 +13,7 @@ from pipeline.compute import place
 from pipeline.curve import curve_points, heldout_curve, save_plot, summarise
 from pipeline.data import encoded_from_tensors
 from pipeline.loading import load_model
-from pipeline.params import check_seed, check_task, load_params, section, task_and_seed
+from pipeline.params import check_diagnostics_task, check_seed, check_task, load_params, section, task_and_seed
 from pipeline.runner import run_stage
 
 
@@ -21,6 +21,7 @@ def main() -> None:
     task, seed = task_and_seed(sys.argv[1:])
     params = load_params()
     check_task(params, task)
+    check_diagnostics_task(params, task)
     check_seed(params, seed)
     cfg = section(params, "curve")
     run = layout.run_name(task, seed)

@@ -16,13 +16,14 @@ from pipeline import layout
 from pipeline.artifacts import atomic_path, write_json
 from pipeline.data import SPLITS, validate_record, write_jsonl
 from pipeline.errors import PipelineError
-from pipeline.params import PARAMS, load_params
+from pipeline.params import PARAMS, diagnostic_tasks, load_params
 from pipeline.runner import run_stage
 from pipeline.tasks import builder
 
 
 def run(task: str, params_path: Path = PARAMS, out_root: Path = layout.TASKS) -> dict[str, int]:
     params = load_params(params_path)
+    diagnostic_tasks(params)  # the first stage: a bad list fails before any model runs
     cfg = (params.get("tasks_config") or {}).get(task)
     if not isinstance(cfg, dict):
         raise PipelineError(f"params.yaml has no tasks_config.{task} block",

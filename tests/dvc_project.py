@@ -31,6 +31,7 @@ def tiny_params(source: Path, target: Path, tasks=("toy",)) -> dict:
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["models"] = {"source": str(source), "target": str(target), "dtype": "float32"}
     params["tasks"] = list(tasks)
+    params["diagnostics"] = list(tasks)  # the curve and analysis stages run on the tiny pipeline
     params["tasks_config"] = {t: {"attribution": 3, "transfer": 6, "validation": 4, "evaluation": 4} for t in tasks}
     params["data"]["max_length"] = 48
     params["extract"].update(batch_size=4, top_k=16)

@@ -271,3 +271,41 @@ def test_frontier_reads_numbers_that_yaml_left_as_strings():
     params["frontier"].update(lr=1e-4, steps=2.5)
     with pytest.raises(PipelineError, match="frontier.steps must be a whole number"):
         frontier_config(params, seed=0)
+
+
+@pytest.mark.parametrize("listed, problem", [("gsm8k", "must be a list"), ([1], "must be a list"),
+                                             (["mmlu"], "which tasks: does not")])
+def test_diagnostics_must_list_tasks_the_run_transfers(listed, problem):
+    from pipeline.params import check_diagnostics_task, diagnostic_tasks
+
+    params = {"tasks": ["gsm8k"], "diagnostics": listed}
+    with pytest.raises(PipelineError) as err:
+        diagnostic_tasks(params)
+    assert problem in str(err.value)
+    assert diagnostic_tasks({"tasks": ["gsm8k"], "diagnostics": ["gsm8k"]}) == ["gsm8k"]
+    assert diagnostic_tasks({"tasks": ["gsm8k"]}) == []
+    with pytest.raises(PipelineError, match="switched off"):
+        check_diagnostics_task({"tasks": ["gsm8k"], "diagnostics": []}, "gsm8k")
+
+
+def test_data_stage_refuses_a_bad_diagnostics_list_before_writing(tmp_path):
+    """The first stage checks the list, so a typo fails before any model runs."""
+    from stages.data import run
+
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params.update(tasks=["toy"], diagnostics=["tyo"], tasks_config={"toy": {"attribution": 1, "transfer": 2,
+                                                                            "validation": 1, "evaluation": 1}})
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    with pytest.raises(PipelineError, match="diagnostics lists"):
+        run("toy", tmp_path / "params.yaml", tmp_path / "tasks")
+    assert not (tmp_path / "tasks").exists()
+
+
+def test_diagnostic_stages_loop_over_diagnostics_and_the_headline_over_tasks():
+    """curve and analysis are the optional diagnostics; quality (SemAlign's held-out KL in
+    `dvc exp show`) and every method stage run for every task."""
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    per_task = {n: st["matrix"]["task"] for n, st in stages.items() if "task" in (st.get("matrix") or {})}
+    assert {n for n, v in per_task.items() if v == "${diagnostics}"} == {"curve", "analysis"}
+    assert per_task["quality"] == per_task["export"] == "${tasks}"
+    assert "diagnostics" in stages["data"]["do"]["params"]
