@@ -4,7 +4,7 @@
     python benchmarks/eval_throughput.py --model models/target --tasks-dir data/tasks
 
 1. Throughput: the same rendered chat prompts (GSM8K questions) are completed greedily
-   (a) by :func:`pipeline.generation.generate` (sorted, left-padded batches, KV cache) and
+   (a) by :func:`pipeline.evaluation.generation.generate` (sorted, left-padded batches, KV cache) and
    (b) by one plain ``model.generate`` call per prompt with the same greedy settings.
    Tokens/s counts generated tokens up to each row's end-of-sequence; the outputs of (a)
    and (b) are compared, so a speed-up never hides a correctness change.
@@ -27,11 +27,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the library, fro
 
 import torch  # noqa: E402
 
-from pipeline.benchmarks import PRIMARY, Settings, check_records, evaluate, select  # noqa: E402
-from pipeline.data import read_jsonl, render_prompt  # noqa: E402
-from pipeline.generation import eos_ids, generate, greedy_config  # noqa: E402
-from pipeline.loading import load_model, load_tokenizer  # noqa: E402
-from pipeline.sandbox import Sandbox  # noqa: E402
+from pipeline.evaluation.benchmarks import PRIMARY, Settings, check_records, evaluate, select  # noqa: E402
+from pipeline.core.data import read_jsonl, render_prompt  # noqa: E402
+from pipeline.evaluation.generation import eos_ids, generate, greedy_config  # noqa: E402
+from pipeline.core.loading import load_model, load_tokenizer  # noqa: E402
+from pipeline.evaluation.sandbox import Sandbox  # noqa: E402
 
 _QUESTIONS = [
     "Tom has 3 apples and buys 4 more bags of 6 apples each. How many apples does he have?",
@@ -117,7 +117,7 @@ def main() -> None:
     scratch = None
     model_dir = args.model
     if model_dir is None:
-        from pipeline.tiny import write_pair
+        from pipeline.core.tiny import write_pair
 
         scratch = tempfile.TemporaryDirectory()
         model_dir = str(write_pair(scratch.name)[1])

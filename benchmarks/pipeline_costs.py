@@ -20,15 +20,15 @@ from pathlib import Path
 import torch
 
 from benchmarks.timed_run import DONE
-from pipeline.adapter import ModelAdapter
-from pipeline.alignment import alignment_map
-from pipeline.artifacts import save_tensors
-from pipeline.capture import capture
-from pipeline.data import encode
-from pipeline.frontier import FrontierConfig, LayerTargets, OutputTargets, States, embed_states, train_block
-from pipeline.loading import load_model, load_tokenizer
-from pipeline.pairing import base_map
-from pipeline.supervision import fisher_stats
+from pipeline.core.adapter import ModelAdapter
+from pipeline.method.alignment import alignment_map
+from pipeline.core.artifacts import save_tensors
+from pipeline.method.capture import capture
+from pipeline.core.data import encode
+from pipeline.method.frontier import FrontierConfig, LayerTargets, OutputTargets, States, embed_states, train_block
+from pipeline.core.loading import load_model, load_tokenizer
+from pipeline.method.pairing import base_map
+from pipeline.method.supervision import fisher_stats
 from pipeline.tasks import builder
 
 
@@ -108,7 +108,7 @@ def main() -> None:
     torch.manual_seed(0)
     source, target = args.source, args.target
     if source is None or target is None:
-        from pipeline.tiny import write_pair
+        from pipeline.core.tiny import write_pair
 
         source, target = write_pair(tempfile.mkdtemp(prefix="semalign-bench-"))
     extraction_ratio(source, args.examples, 4, args.repeats)

@@ -1,12 +1,13 @@
 """Stage `align`: semantic bases of both LM heads and the alignment map A (D_t x D_s)."""
 
-from pipeline import launch, layout
-from pipeline.alignment import alignment_map
-from pipeline.compute import place
-from pipeline.artifacts import atomic_path, save_tensors, write_json
-from pipeline.loading import check_same_vocab, load_lm_head, load_tokenizer
-from pipeline.params import load_params, section
-from pipeline.runner import CostTag, run_stage
+from pipeline.compute import launch
+from pipeline.core import layout
+from pipeline.method.alignment import alignment_map
+from pipeline.compute.placement import place
+from pipeline.core.artifacts import atomic_path, save_tensors, write_json
+from pipeline.core.loading import check_same_vocab, load_lm_head, load_tokenizer
+from pipeline.core.params import load_params, section
+from pipeline.core.runner import CostTag, run_stage
 
 
 def main() -> None:

@@ -13,20 +13,21 @@ import sys
 
 import torch
 
-from pipeline import chain, launch, layout
-from pipeline.adapter import ModelAdapter
-from pipeline.artifacts import load_metadata, load_tensors, read_json, write_json
-from pipeline.cka import cka_matrix, prepare
-from pipeline.compute import place
-from pipeline.data import encoded_from_tensors
-from pipeline.errors import PipelineError
-from pipeline.figures import (attribution_records, cka_records, loss_records, paired_cka, pairing_records,
+from pipeline.compute import launch
+from pipeline.core import chain, layout
+from pipeline.core.adapter import ModelAdapter
+from pipeline.core.artifacts import load_metadata, load_tensors, read_json, write_json
+from pipeline.method.cka import cka_matrix, prepare
+from pipeline.compute.placement import place
+from pipeline.core.data import encoded_from_tensors
+from pipeline.core.errors import PipelineError
+from pipeline.method.figures import (attribution_records, cka_records, loss_records, paired_cka, pairing_records,
                               save_heatmaps)
-from pipeline.loading import load_model
-from pipeline.losslog import read_losses
-from pipeline.params import check_diagnostics_task, check_seed, check_task, load_params, section, task_and_seed
-from pipeline.quality import evenly_spaced, target_states
-from pipeline.runner import run_stage
+from pipeline.core.loading import load_model
+from pipeline.core.losslog import read_losses
+from pipeline.core.params import check_diagnostics_task, check_seed, check_task, load_params, section, task_and_seed
+from pipeline.method.quality import evenly_spaced, target_states
+from pipeline.core.runner import run_stage
 
 
 def position_subset(n: int, limit: int) -> torch.Tensor:

@@ -2,16 +2,17 @@
 
 import sys
 
-from pipeline import launch, layout
-from pipeline.adapter import ModelAdapter
-from pipeline.artifacts import write_json
-from pipeline.attribution import layer_scores
-from pipeline.compute import place
-from pipeline.data import encode_split
-from pipeline.loading import load_model, load_tokenizer
-from pipeline.pairing import critical_layers
-from pipeline.params import check_task, load_params, section
-from pipeline.runner import CostTag, run_stage
+from pipeline.compute import launch
+from pipeline.core import layout
+from pipeline.core.adapter import ModelAdapter
+from pipeline.core.artifacts import write_json
+from pipeline.method.attribution import layer_scores
+from pipeline.compute.placement import place
+from pipeline.core.data import encode_split
+from pipeline.core.loading import load_model, load_tokenizer
+from pipeline.method.pairing import critical_layers
+from pipeline.core.params import check_task, load_params, section
+from pipeline.core.runner import CostTag, run_stage
 
 
 def main() -> None:

@@ -11,11 +11,11 @@ outputs in ``artifacts/TASK/source/``; writes ``artifacts/TASK/baselines/METHOD-
 import argparse
 import sys
 
-from pipeline import launch
+from pipeline.compute import launch
 from pipeline.baselines import METHODS, ON_DEVICE
-from pipeline.compute import place
-from pipeline.params import load_params
-from pipeline.runner import CostTag, run_stage
+from pipeline.compute.placement import place
+from pipeline.core.params import load_params
+from pipeline.core.runner import CostTag, run_stage
 
 
 def parse(argv: list[str]) -> argparse.Namespace:

@@ -6,15 +6,16 @@ and the per-example values behind them in artifacts/TASK/curve-sSEED.json."""
 
 import sys
 
-from pipeline import chain, launch, layout
-from pipeline.adapter import ModelAdapter
-from pipeline.artifacts import load_metadata, load_tensors, write_json
-from pipeline.compute import place
-from pipeline.curve import curve_points, heldout_curve, save_plot, summarise
-from pipeline.data import encoded_from_tensors
-from pipeline.loading import load_model
-from pipeline.params import check_diagnostics_task, check_seed, check_task, load_params, section, task_and_seed
-from pipeline.runner import run_stage
+from pipeline.compute import launch
+from pipeline.core import chain, layout
+from pipeline.core.adapter import ModelAdapter
+from pipeline.core.artifacts import load_metadata, load_tensors, write_json
+from pipeline.compute.placement import place
+from pipeline.method.curve import curve_points, heldout_curve, save_plot, summarise
+from pipeline.core.data import encoded_from_tensors
+from pipeline.core.loading import load_model
+from pipeline.core.params import check_diagnostics_task, check_seed, check_task, load_params, section, task_and_seed
+from pipeline.core.runner import run_stage
 
 
 def main() -> None:

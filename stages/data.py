@@ -12,12 +12,12 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from pipeline import layout
-from pipeline.artifacts import atomic_path, write_json
-from pipeline.data import SPLITS, validate_record, write_jsonl
-from pipeline.errors import PipelineError
-from pipeline.params import PARAMS, diagnostic_tasks, load_params
-from pipeline.runner import run_stage
+from pipeline.core import layout
+from pipeline.core.artifacts import atomic_path, write_json
+from pipeline.core.data import SPLITS, validate_record, write_jsonl
+from pipeline.core.errors import PipelineError
+from pipeline.core.params import PARAMS, diagnostic_tasks, load_params
+from pipeline.core.runner import run_stage
 from pipeline.tasks import builder
 
 

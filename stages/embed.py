@@ -2,14 +2,15 @@
 
 import sys
 
-from pipeline import chain, launch, layout
-from pipeline.adapter import ModelAdapter, input_device
-from pipeline.artifacts import atomic_path, load_tensors, save_tensors
-from pipeline.compute import place
-from pipeline.frontier import embed_states
-from pipeline.loading import load_model, torch_dtype
-from pipeline.params import check_task, load_params, storage_dtype
-from pipeline.runner import CostTag, run_stage
+from pipeline.compute import launch
+from pipeline.core import chain, layout
+from pipeline.core.adapter import ModelAdapter, input_device
+from pipeline.core.artifacts import atomic_path, load_tensors, save_tensors
+from pipeline.compute.placement import place
+from pipeline.method.frontier import embed_states
+from pipeline.core.loading import load_model, torch_dtype
+from pipeline.core.params import check_task, load_params, storage_dtype
+from pipeline.core.runner import CostTag, run_stage
 
 
 def main() -> None:

@@ -25,14 +25,14 @@ from pathlib import Path
 # Stage scripts run as `python stages/x.py`; make the library importable from the repo root.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.artifacts import atomic_path, write_json  # noqa: E402
-from pipeline import launch  # noqa: E402
-from pipeline.benchmarks import BENCHMARKS, PRIMARY, Settings, check_records, evaluate, select  # noqa: E402
-from pipeline.compute import place  # noqa: E402
-from pipeline.data import read_jsonl, write_jsonl  # noqa: E402
-from pipeline.errors import PipelineError  # noqa: E402
-from pipeline.params import load_params, section  # noqa: E402
-from pipeline.runner import guarded  # noqa: E402
+from pipeline.core.artifacts import atomic_path, write_json  # noqa: E402
+from pipeline.compute import launch  # noqa: E402
+from pipeline.evaluation.benchmarks import BENCHMARKS, PRIMARY, Settings, check_records, evaluate, select  # noqa: E402
+from pipeline.compute.placement import place  # noqa: E402
+from pipeline.core.data import read_jsonl, write_jsonl  # noqa: E402
+from pipeline.core.errors import PipelineError  # noqa: E402
+from pipeline.core.params import load_params, section  # noqa: E402
+from pipeline.core.runner import guarded  # noqa: E402
 
 SANDBOX_KEYS = ("isolation", "python", "workers")
 
@@ -46,7 +46,7 @@ def settings_for(block: dict, benchmark: str) -> Settings:
 
 
 def make_sandbox(block: dict):
-    from pipeline.sandbox import Limits, Sandbox
+    from pipeline.evaluation.sandbox import Limits, Sandbox
 
     cfg = dict(block.get("sandbox") or {})
     limit_keys = {f.name for f in fields(Limits)}
@@ -109,7 +109,7 @@ def run(args: argparse.Namespace) -> None:
         sandbox = make_sandbox(block)  # probes the isolation before any model is loaded
         print(sandbox_line(sandbox.describe()), file=sys.stderr)
 
-    from pipeline.loading import load_model, load_tokenizer
+    from pipeline.core.loading import load_model, load_tokenizer
 
     warn_slow_dtype(placement.dtype, placement.device)
     if block.get("threads"):

@@ -3,14 +3,15 @@ that seed's chain, as a Hugging Face directory."""
 
 import sys
 
-from pipeline import chain, launch, layout
-from pipeline.adapter import ModelAdapter
-from pipeline.artifacts import load_tensors
-from pipeline.compute import place
-from pipeline.export import export_model
-from pipeline.loading import load_model, load_tokenizer, torch_dtype
-from pipeline.params import check_seed, check_task, load_params, seeds, storage_dtype, task_and_seed
-from pipeline.runner import CostTag, run_stage
+from pipeline.compute import launch
+from pipeline.core import chain, layout
+from pipeline.core.adapter import ModelAdapter
+from pipeline.core.artifacts import load_tensors
+from pipeline.compute.placement import place
+from pipeline.method.export import export_model
+from pipeline.core.loading import load_model, load_tokenizer, torch_dtype
+from pipeline.core.params import check_seed, check_task, load_params, seeds, storage_dtype, task_and_seed
+from pipeline.core.runner import CostTag, run_stage
 
 
 def main() -> None:

@@ -3,15 +3,16 @@ source's top-K output logits, for the transfer and validation splits. One file p
 
 import sys
 
-from pipeline import launch, layout
-from pipeline.adapter import ModelAdapter
-from pipeline.artifacts import atomic_path, save_tensors
-from pipeline.capture import capture
-from pipeline.compute import place
-from pipeline.data import encode_split
-from pipeline.loading import load_model, load_tokenizer, torch_dtype
-from pipeline.params import check_task, load_params, section
-from pipeline.runner import CostTag, run_stage
+from pipeline.compute import launch
+from pipeline.core import layout
+from pipeline.core.adapter import ModelAdapter
+from pipeline.core.artifacts import atomic_path, save_tensors
+from pipeline.method.capture import capture
+from pipeline.compute.placement import place
+from pipeline.core.data import encode_split
+from pipeline.core.loading import load_model, load_tokenizer, torch_dtype
+from pipeline.core.params import check_task, load_params, section
+from pipeline.core.runner import CostTag, run_stage
 
 SPLITS = ("transfer", "validation")
 

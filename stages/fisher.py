@@ -5,18 +5,19 @@ import sys
 
 from tqdm.auto import tqdm
 
-from pipeline import chain, launch, layout
-from pipeline.adapter import ModelAdapter
-from pipeline.alignment import align
-from pipeline.artifacts import load_tensors, read_json, save_tensors
-from pipeline.compute import place
-from pipeline.errors import PipelineError
-from pipeline.loading import load_model, torch_dtype
-from pipeline.pairing import validate_pairing
-from pipeline.parallel import shared_dir
-from pipeline.params import check_task, fisher_tau, load_params, section
-from pipeline.runner import CostTag, run_stage
-from pipeline.supervision import fisher_stats, source_loader, supervision
+from pipeline.compute import launch
+from pipeline.core import chain, layout
+from pipeline.core.adapter import ModelAdapter
+from pipeline.method.alignment import align
+from pipeline.core.artifacts import load_tensors, read_json, save_tensors
+from pipeline.compute.placement import place
+from pipeline.core.errors import PipelineError
+from pipeline.core.loading import load_model, torch_dtype
+from pipeline.method.pairing import validate_pairing
+from pipeline.compute.parallel import shared_dir
+from pipeline.core.params import check_task, fisher_tau, load_params, section
+from pipeline.core.runner import CostTag, run_stage
+from pipeline.method.supervision import fisher_stats, source_loader, supervision
 
 
 def main() -> None:

@@ -9,16 +9,17 @@ import sys
 
 import torch
 
-from pipeline import chain, launch, layout
-from pipeline.adapter import ModelAdapter
-from pipeline.artifacts import atomic_path, load_metadata, load_tensors, save_tensors, write_json
-from pipeline.compute import place
-from pipeline.errors import PipelineError
-from pipeline.frontier import LayerTargets, OutputTargets, States, frontier_config, train_block
-from pipeline.loading import load_model_blocks, torch_dtype
-from pipeline.losslog import BackgroundLossLog
-from pipeline.params import check_task, load_params, section, storage_dtype
-from pipeline.runner import CostTag, is_main_process, run_stage
+from pipeline.compute import launch
+from pipeline.core import chain, layout
+from pipeline.core.adapter import ModelAdapter
+from pipeline.core.artifacts import atomic_path, load_metadata, load_tensors, save_tensors, write_json
+from pipeline.compute.placement import place
+from pipeline.core.errors import PipelineError
+from pipeline.method.frontier import LayerTargets, OutputTargets, States, frontier_config, train_block
+from pipeline.core.loading import load_model_blocks, torch_dtype
+from pipeline.core.losslog import BackgroundLossLog
+from pipeline.core.params import check_task, load_params, section, storage_dtype
+from pipeline.core.runner import CostTag, is_main_process, run_stage
 
 
 def layer_targets(task: str, k: int, tau: float) -> LayerTargets:
@@ -45,7 +46,7 @@ def train(stage_key: str, loss_log: BackgroundLossLog | None) -> None:
     params = load_params()
     entry = chain.load_chain().get(stage_key)
     if entry is None:
-        raise PipelineError(f"{stage_key} is not in chain.yaml", "run `python -m pipeline.chain`")
+        raise PipelineError(f"{stage_key} is not in chain.yaml", "run `python -m pipeline.core.chain`")
     task, seed, k = chain.parse_key(stage_key)
     check_task(params, task)
     if seed is None:

@@ -6,7 +6,7 @@ MODEL_KEY names the model in the outputs (``target``, ``semalign-s0``, ``sft-s1`
 directory ``models/MODEL_KEY``). Per validation example: summed KL(source || model) over its
 supervised positions, top-1 hits and the position count, from the source's cached top-K
 outputs (the extract stage). The untouched target is scored once per task; the report pairs
-every other model with it on the same examples (``pipeline.heldout.difference``). Writes
+every other model with it on the same examples (``pipeline.evaluation.heldout.difference``). Writes
 
 * ``artifacts/heldout/MODEL_KEY/TASK.json``: the per-example values and the example ids;
 * ``metrics/heldout/MODEL_KEY/TASK.json``: ``{TASK: {MODEL_KEY: {kl, top1, examples, positions}}}``.
@@ -19,12 +19,13 @@ import argparse
 import sys
 from pathlib import Path
 
-from pipeline import launch, layout
-from pipeline.artifacts import load_metadata, load_tensors, write_json
-from pipeline.data import encoded_from_tensors
-from pipeline.errors import PipelineError
-from pipeline.params import check_task, load_params, section
-from pipeline.runner import run_stage
+from pipeline.compute import launch
+from pipeline.core import layout
+from pipeline.core.artifacts import load_metadata, load_tensors, write_json
+from pipeline.core.data import encoded_from_tensors
+from pipeline.core.errors import PipelineError
+from pipeline.core.params import check_task, load_params, section
+from pipeline.core.runner import run_stage
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
@@ -49,10 +50,10 @@ def main(args: argparse.Namespace) -> None:
     enc = encoded_from_tensors(load_metadata(tokens_file)["ids"], tokens)
     src = load_tensors(val / "output_topk.safetensors", "the extract stage")
 
-    from pipeline.adapter import ModelAdapter
-    from pipeline.compute import place
-    from pipeline.heldout import score
-    from pipeline.loading import load_model
+    from pipeline.core.adapter import ModelAdapter
+    from pipeline.compute.placement import place
+    from pipeline.evaluation.heldout import score
+    from pipeline.core.loading import load_model
 
     placement = place(params, f"heldout@{args.model_key}-{args.task}")
     adapter = ModelAdapter(load_model(str(model_dir), placement=placement))

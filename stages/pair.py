@@ -3,11 +3,11 @@
 import json
 import sys
 
-from pipeline import layout
-from pipeline.artifacts import read_json, write_json
-from pipeline.pairing import pair_layers
-from pipeline.params import check_task, load_params, section
-from pipeline.runner import CostTag, run_stage
+from pipeline.core import layout
+from pipeline.core.artifacts import read_json, write_json
+from pipeline.method.pairing import pair_layers
+from pipeline.core.params import check_task, load_params, section
+from pipeline.core.runner import CostTag, run_stage
 
 
 def depth(role: str) -> int:

@@ -12,18 +12,19 @@ import sys
 
 import torch
 
-from pipeline import launch, layout
-from pipeline.adapter import ModelAdapter
-from pipeline.artifacts import load_metadata, load_tensors, read_json, write_json
-from pipeline.compute import place
-from pipeline.data import encoded_from_tensors
-from pipeline.errors import PipelineError
-from pipeline.heldout import Agreement
-from pipeline.loading import load_model
-from pipeline.params import check_seed, check_task, load_params, section, task_and_seed
-from pipeline.quality import evenly_spaced, headline, layer_hits, shard_rows, stack_layers, state_pieces
-from pipeline.runner import run_stage
-from pipeline.supervision import aligned_logits_chunks, aligned_state, source_loader
+from pipeline.compute import launch
+from pipeline.core import layout
+from pipeline.core.adapter import ModelAdapter
+from pipeline.core.artifacts import load_metadata, load_tensors, read_json, write_json
+from pipeline.compute.placement import place
+from pipeline.core.data import encoded_from_tensors
+from pipeline.core.errors import PipelineError
+from pipeline.evaluation.heldout import Agreement
+from pipeline.core.loading import load_model
+from pipeline.core.params import check_seed, check_task, load_params, section, task_and_seed
+from pipeline.method.quality import evenly_spaced, headline, layer_hits, shard_rows, stack_layers, state_pieces
+from pipeline.core.runner import run_stage
+from pipeline.method.supervision import aligned_logits_chunks, aligned_state, source_loader
 
 
 def heldout_records(task: str, seed: int) -> tuple[Agreement, Agreement]:

@@ -22,12 +22,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the library, from the repo root
 
-from pipeline import budget, comparisons  # noqa: E402
-from pipeline.artifacts import atomic_path, write_json  # noqa: E402
-from pipeline.chain import load_chain  # noqa: E402
-from pipeline.params import load_params  # noqa: E402
-from pipeline.runner import guarded  # noqa: E402
-from pipeline.report import (bar_chart, budget_frame, budget_markdown, collect, collect_costs,  # noqa: E402
+from pipeline.evaluation import budget, comparisons  # noqa: E402
+from pipeline.core.artifacts import atomic_path, write_json  # noqa: E402
+from pipeline.core.chain import load_chain  # noqa: E402
+from pipeline.core.params import load_params  # noqa: E402
+from pipeline.core.runner import guarded  # noqa: E402
+from pipeline.evaluation.report import (bar_chart, budget_frame, budget_markdown, collect, collect_costs,  # noqa: E402
                              markdown, order_rows, plot_rows, summary_metrics, table)
 
 

@@ -5,10 +5,10 @@ model on the source: extract, attribute and the source-reading baselines depend 
 so a mismatched pair fails here in seconds instead of after the source passes.
 """
 
-from pipeline import layout
-from pipeline.artifacts import write_json
-from pipeline.loading import check_same_vocab, head_rows, load_tokenizer, vocab_record
-from pipeline.runner import run_stage
+from pipeline.core import layout
+from pipeline.core.artifacts import write_json
+from pipeline.core.loading import check_same_vocab, head_rows, load_tokenizer, vocab_record
+from pipeline.core.runner import run_stage
 
 
 def main() -> None:

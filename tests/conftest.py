@@ -12,14 +12,14 @@ from dvc_project import ROOT, dvc_env, make_project, repro, sh  # noqa: F401  (r
 @pytest.fixture(scope="session")
 def tiny_pair(tmp_path_factory) -> tuple[Path, Path]:
     """Qwen2 source (6 x 64, 4 heads of 16) and target (4 x 48, 2 heads of 24)."""
-    from pipeline.tiny import write_pair
+    from pipeline.core.tiny import write_pair
 
     return write_pair(tmp_path_factory.mktemp("tiny_qwen2"), "qwen2")
 
 
 @pytest.fixture(scope="session")
 def tiny_llama_pair(tmp_path_factory) -> tuple[Path, Path]:
-    from pipeline.tiny import write_pair
+    from pipeline.core.tiny import write_pair
 
     return write_pair(tmp_path_factory.mktemp("tiny_llama"), "llama", seed=3)
 
@@ -27,7 +27,7 @@ def tiny_llama_pair(tmp_path_factory) -> tuple[Path, Path]:
 @pytest.fixture(scope="session")
 def shallow_pair(tmp_path_factory) -> tuple[Path, Path]:
     """The smallest pair that still differs in every dimension: 3 -> 2 blocks (fast DVC tests)."""
-    from pipeline.tiny import write_pair
+    from pipeline.core.tiny import write_pair
 
     return write_pair(tmp_path_factory.mktemp("tiny_shallow"), "qwen2", seed=5,
                       source_shape=(3, 32, 2, 1), target_shape=(2, 24, 2, 1))

@@ -14,14 +14,14 @@ from pathlib import Path
 
 import torch
 
-from pipeline import launch
+from pipeline.compute import launch
 
 
 def frontier_gradients(target_dir: Path, placement) -> dict:
     """dL/dtheta of a frontier block: DDP (each process runs half the batch) vs one process."""
-    from pipeline.adapter import ModelAdapter
-    from pipeline.frontier import FrontierConfig, OutputTargets, States, _Stage, data_parallel_block
-    from pipeline.loading import load_model_blocks
+    from pipeline.core.adapter import ModelAdapter
+    from pipeline.method.frontier import FrontierConfig, OutputTargets, States, _Stage, data_parallel_block
+    from pipeline.core.loading import load_model_blocks
 
     torch.manual_seed(0)
     n, t = 5, 12
@@ -56,16 +56,16 @@ def frontier_gradients(target_dir: Path, placement) -> dict:
 
 def sft_step(target_dir: Path, placement) -> dict:
     """One SFT step's logged loss and gradient norm: data-parallel vs one process."""
-    from pipeline import lora
-    from pipeline.adapter import ModelAdapter
+    from pipeline.core import lora
+    from pipeline.core.adapter import ModelAdapter
     from pipeline.baselines.context import trim
     from pipeline.baselines.losses import supervised_ce
-    from pipeline.data import encode
-    from pipeline.loading import load_model, load_tokenizer
-    from pipeline.lora import LoraSettings
-    from pipeline.parallel import SINGLE
+    from pipeline.core.data import encode
+    from pipeline.core.loading import load_model, load_tokenizer
+    from pipeline.core.lora import LoraSettings
+    from pipeline.compute.parallel import SINGLE
     from pipeline.tasks import toy
-    from pipeline.training import TrainSettings, positions, train
+    from pipeline.baselines.training import TrainSettings, positions, train
 
     records = toy.build({"attribution": 0, "transfer": 7, "validation": 0, "evaluation": 0}, seed=0).splits["transfer"]
     data = encode(load_tokenizer(str(target_dir)), records, 48, "answer")
@@ -86,8 +86,8 @@ def sft_step(target_dir: Path, placement) -> dict:
 
 
 def main() -> None:
-    from pipeline.compute import place
-    from pipeline.params import load_params
+    from pipeline.compute.placement import place
+    from pipeline.core.params import load_params
 
     target_dir, out = Path(sys.argv[1]), Path(sys.argv[2])
     placement = place(load_params(), "ddp-check")

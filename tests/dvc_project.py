@@ -43,7 +43,7 @@ def tiny_params(source: Path, target: Path, tasks=("toy",)) -> dict:
 
 def write_params(root: Path, params: dict, n_layers: int) -> None:
     """params.yaml plus the matching chain.yaml."""
-    from pipeline.chain import rewrite
+    from pipeline.core.chain import rewrite
 
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     rewrite(root / "params.yaml", n_layers, root / "chain.yaml")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from pipeline.tiny import write_pair
+from pipeline.core.tiny import write_pair
 
 
 def tiny_model_dir(root: Path) -> Path:

@@ -1,4 +1,4 @@
-"""The ablation table built from `dvc exp show --csv` (pipeline/ablations.py)."""
+"""The ablation table built from `dvc exp show --csv` (pipeline/evaluation/ablations.py)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import io
 import pandas as pd
 import pytest
 
-from pipeline.ablations import markdown, table
-from pipeline.errors import PipelineError
+from pipeline.evaluation.ablations import markdown, table
+from pipeline.core.errors import PipelineError
 
 HEADER = ("Experiment,rev,typ,State,frontier.lr,frontier.layer_weight,fisher.interface,untouched.kl,untouched.top1,"
           "transferred.kl,transferred.kl_diff,transferred.kl_diff_low,transferred.kl_diff_high,transferred.top1,"

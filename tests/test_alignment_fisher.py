@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.adapter import ModelAdapter
-from pipeline.alignment import align, alignment_map, semantic_bases
-from pipeline.capture import capture
-from pipeline.data import encode
-from pipeline.errors import PipelineError
-from pipeline.fisher import FisherAccumulator, kl_to, surrogate, surrogate_closed_form
-from pipeline.loading import load_model, load_tokenizer
+from pipeline.core.adapter import ModelAdapter
+from pipeline.method.alignment import align, alignment_map, semantic_bases
+from pipeline.method.capture import capture
+from pipeline.core.data import encode
+from pipeline.core.errors import PipelineError
+from pipeline.method.fisher import FisherAccumulator, kl_to, surrogate, surrogate_closed_form
+from pipeline.core.loading import load_model, load_tokenizer
 from pipeline.tasks import builder
 
 

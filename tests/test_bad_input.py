@@ -12,14 +12,14 @@ import pytest
 import torch
 import yaml
 
-from pipeline.adapter import ModelAdapter
-from pipeline.artifacts import atomic_path, load_tensors, read_json, save_tensors
-from pipeline.chain import build_chain, check_chain, load_chain, parse_key, target_depth
-from pipeline.params import seeds
-from pipeline.errors import PipelineError
-from pipeline.frontier import FrontierConfig, OutputTargets, States, train_block
-from pipeline.loading import check_same_vocab, load_model, load_tokenizer
-from pipeline.tiny import build_tokenizer, swap_tokens
+from pipeline.core.adapter import ModelAdapter
+from pipeline.core.artifacts import atomic_path, load_tensors, read_json, save_tensors
+from pipeline.core.chain import build_chain, check_chain, load_chain, parse_key, target_depth
+from pipeline.core.params import seeds
+from pipeline.core.errors import PipelineError
+from pipeline.method.frontier import FrontierConfig, OutputTargets, States, train_block
+from pipeline.core.loading import check_same_vocab, load_model, load_tokenizer
+from pipeline.core.tiny import build_tokenizer, swap_tokens
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -112,7 +112,7 @@ def test_stage_with_corrupt_input_exits_cleanly_and_writes_nothing(tmp_path):
 
 def test_committed_chain_is_consistent_with_params_and_target_depth():
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    from pipeline.materialize import known_depth
+    from pipeline.core.materialize import known_depth
 
     check_chain(load_chain(ROOT / "chain.yaml"), params["tasks"], params["seeds"],
                 target_depth(str(params["models"]["target"]), known=known_depth))
@@ -165,7 +165,7 @@ def test_presets_apply_to_the_committed_params_and_keep_them_valid(tmp_path, pre
     """A preset rewrites params.yaml in place, comments kept; the result must parse and carry
     the preset's values with everything else unchanged (a list with inline comments once
     made ruamel fuse two keys onto one line)."""
-    from pipeline.preset import apply
+    from pipeline.core.preset import apply
 
     shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
     before = yaml.safe_load((ROOT / "params.yaml").read_text())
@@ -192,7 +192,7 @@ def test_old_params_with_frontier_tau_are_refused_naming_the_move():
     that still sets it must fail with the move named, not train at a temperature the fisher
     stage never used; the committed params give the frontier fisher.tau. Rejects a
     frontier_config that accepts (or silently drops) the old key."""
-    from pipeline.frontier import frontier_config
+    from pipeline.method.frontier import frontier_config
 
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     assert "tau" not in params["frontier"]
@@ -212,7 +212,7 @@ def test_frontier_refuses_fisher_statistics_built_at_another_temperature(tmp_pat
     """A fisher artifact records the tau it was built with; the frontier reads it only at the
     same tau (a stale artifact from a run by hand would otherwise pair p~ at one tau with d at
     another). Rejects a reader that ignores the recorded tau."""
-    from pipeline import layout
+    from pipeline.core import layout
     from stages.frontier import layer_targets
 
     monkeypatch.chdir(tmp_path)
@@ -230,8 +230,8 @@ def test_vocab_stage_refuses_a_mismatched_pair_from_tokenizer_files_alone(tiny_p
     of a pair whose tokenizers swap two tokens, and writes no record; it reads no weights
     (the copies have none). Rejects a check that compares only vocabulary sizes, and one
     that loads the models (checked by patching)."""
-    from pipeline import layout
-    from pipeline.loading import vocab_record
+    from pipeline.core import layout
+    from pipeline.core.loading import vocab_record
     from stages import vocab
 
     source, target = tiny_pair
@@ -259,7 +259,7 @@ def test_frontier_reads_numbers_that_yaml_left_as_strings():
     """`dvc exp run -S frontier.lr=2e-5` writes `lr: 2e-05`, which YAML 1.1 reads as a string; the
     frontier must train with 2e-5, not crash in validate (as a queued lr sweep once did), and a
     word where a number belongs must fail naming the key."""
-    from pipeline.frontier import frontier_config
+    from pipeline.method.frontier import frontier_config
 
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["frontier"].update(lr="2e-05", steps="16", layer_weight="1e-2")
@@ -276,7 +276,7 @@ def test_frontier_reads_numbers_that_yaml_left_as_strings():
 @pytest.mark.parametrize("listed, problem", [("gsm8k", "must be a list"), ([1], "must be a list"),
                                              (["mmlu"], "which tasks: does not")])
 def test_diagnostics_must_list_tasks_the_run_transfers(listed, problem):
-    from pipeline.params import check_diagnostics_task, diagnostic_tasks
+    from pipeline.core.params import check_diagnostics_task, diagnostic_tasks
 
     params = {"tasks": ["gsm8k"], "diagnostics": listed}
     with pytest.raises(PipelineError) as err:

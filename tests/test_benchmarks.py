@@ -13,13 +13,13 @@ import pytest
 import yaml
 from eval_helpers import gsm8k_record, humaneval_record, mbpp_record, mmlu_record, tiny_model_dir
 
-import pipeline.benchmarks as benchmarks
-from pipeline.benchmarks import Settings, check_records, evaluate, select
-from pipeline.data import write_jsonl
-from pipeline.errors import PipelineError
-from pipeline.generation import Generation, GenerationRun
-from pipeline.loading import load_model, load_tokenizer
-from pipeline.sandbox import Limits, Sandbox
+import pipeline.evaluation.benchmarks as benchmarks
+from pipeline.evaluation.benchmarks import Settings, check_records, evaluate, select
+from pipeline.core.data import write_jsonl
+from pipeline.core.errors import PipelineError
+from pipeline.evaluation.generation import Generation, GenerationRun
+from pipeline.core.loading import load_model, load_tokenizer
+from pipeline.evaluation.sandbox import Limits, Sandbox
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -154,7 +154,7 @@ def _stage_module():
 def test_evaluate_stage_reports_user_errors_before_loading(tmp_path, tiny_dir, monkeypatch, capsys):
     stage = _stage_module()
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr("pipeline.loading.load_model", lambda *a, **k: pytest.fail("model loaded before checks"))
+    monkeypatch.setattr("pipeline.core.loading.load_model", lambda *a, **k: pytest.fail("model loaded before checks"))
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({"evaluation": {}}))
     assert stage.main(["tiny", "mmlu", "--model", str(tiny_dir)]) == 2
     err = capsys.readouterr().err
@@ -174,7 +174,7 @@ def test_evaluate_stage_warns_on_a_fallback_and_can_require_kernel_isolation(tmp
     """Where kernel isolation is unavailable (here: no unshare), ``isolation: namespaces``
     stops the stage before any model is loaded, and ``auto`` runs it with a warning, the
     mode in details.json and in the metrics, whence the results table takes it."""
-    import pipeline.sandbox as sandbox_module
+    import pipeline.evaluation.sandbox as sandbox_module
 
     stage = _stage_module()
     monkeypatch.chdir(tmp_path)
@@ -185,7 +185,7 @@ def test_evaluate_stage_warns_on_a_fallback_and_can_require_kernel_isolation(tmp
                              "sandbox": {"timeout_s": 10, "isolation": "namespaces"}}}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     with monkeypatch.context() as m:
-        m.setattr("pipeline.loading.load_model", lambda *a, **k: pytest.fail("model loaded before the sandbox check"))
+        m.setattr("pipeline.core.loading.load_model", lambda *a, **k: pytest.fail("model loaded before the sandbox check"))
         assert stage.main(["tiny", "humaneval", "--model", str(tiny_dir), "--no-progress"]) == 2
     assert "cannot run Python here" in capsys.readouterr().err
     params["evaluation"]["sandbox"]["isolation"] = "auto"

@@ -9,16 +9,16 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline import budget
-from pipeline.errors import PipelineError
+from pipeline.evaluation import budget
+from pipeline.core.errors import PipelineError
 
 ROOT = Path(__file__).resolve().parents[1]
 PRESETS = sorted((ROOT / "presets").glob("*.yaml"))
 
 
 def preset_params(tmp_path: Path, preset: Path | None) -> dict:
-    """params.yaml, with ``preset`` merged in the way `python -m pipeline.preset` does it."""
-    from pipeline.preset import apply
+    """params.yaml, with ``preset`` merged in the way `python -m pipeline.core.preset` does it."""
+    from pipeline.core.preset import apply
 
     shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
     if preset is not None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pipeline.cka import cka_matrix, linear_cka, prepare
-from pipeline.errors import PipelineError
+from pipeline.method.cka import cka_matrix, linear_cka, prepare
+from pipeline.core.errors import PipelineError
 
 
 def reference_cka(x: torch.Tensor, y: torch.Tensor) -> float:

@@ -11,12 +11,12 @@ import pytest
 import torch
 import yaml
 
-from pipeline import compute
-from pipeline.adapter import input_device
-from pipeline.compute import MOVED, ComputeSettings, Placement, device_map, load_kwargs, meta_model, settings
-from pipeline.errors import PipelineError
-from pipeline.parallel import SINGLE, Shard
-from pipeline.sizes import ModelShape
+from pipeline.compute import placement as compute
+from pipeline.core.adapter import input_device
+from pipeline.compute.placement import MOVED, ComputeSettings, Placement, device_map, load_kwargs, meta_model, settings
+from pipeline.core.errors import PipelineError
+from pipeline.compute.parallel import SINGLE, Shard
+from pipeline.compute.sizes import ModelShape
 from dvc_project import ROOT
 
 
@@ -104,10 +104,10 @@ def test_cuda_without_cuda_fails_at_once_in_the_stage(tmp_path, monkeypatch, cap
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({
         "tasks": ["toy"], "compute": {"device": "cuda"}, "extract": {"batch_size": 1, "top_k": 4},
         "data": {"max_length": 32}}))
-    monkeypatch.setattr("pipeline.loading.load_model", lambda *a, **k: pytest.fail("model loaded before the check"))
-    monkeypatch.setattr("pipeline.loading.load_tokenizer", lambda *a, **k: pytest.fail("tokenizer loaded first"))
+    monkeypatch.setattr("pipeline.core.loading.load_model", lambda *a, **k: pytest.fail("model loaded before the check"))
+    monkeypatch.setattr("pipeline.core.loading.load_tokenizer", lambda *a, **k: pytest.fail("tokenizer loaded first"))
     monkeypatch.setattr(sys, "argv", ["extract", "toy"])
-    from pipeline.runner import guarded
+    from pipeline.core.runner import guarded
     from stages import extract
 
     assert guarded("extract@toy", extract.main) == 2
@@ -172,8 +172,8 @@ def test_load_kwargs_on_a_gpu_that_fits_and_one_that_does_not(tiny_pair, monkeyp
 
 
 def test_frontier_loads_only_its_block_onto_the_device(tiny_pair):
-    from pipeline.adapter import ModelAdapter
-    from pipeline.loading import load_model_blocks
+    from pipeline.core.adapter import ModelAdapter
+    from pipeline.core.loading import load_model_blocks
 
     adapter = ModelAdapter(load_model_blocks(tiny_pair[1], "float32", 2, 2, device="cpu"))
     assert next(adapter.block(2).parameters()).device.type == "cpu"

@@ -16,7 +16,7 @@ import yaml
 from dvc_project import ROOT, sh
 from safetensors.torch import load_file
 
-from pipeline.parallel import SINGLE, Shard, shared_dir
+from pipeline.compute.parallel import SINGLE, Shard, shared_dir
 
 TESTS = Path(__file__).resolve().parent
 

@@ -115,7 +115,7 @@ def test_a_mismatched_vocabulary_stops_the_pipeline_before_any_source_pass(repro
     first: checked by removing artifacts/vocab.json from their deps)."""
     import subprocess
 
-    from pipeline.tiny import swap_tokens
+    from pipeline.core.tiny import swap_tokens
 
     root, env, _ = reproduced_copy
     params = yaml.safe_load((root / "params.yaml").read_text())

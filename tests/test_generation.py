@@ -6,9 +6,9 @@ import pytest
 import torch
 from eval_helpers import tiny_model_dir
 
-from pipeline.data import render_prompt
-from pipeline.generation import cut, generate, greedy_config
-from pipeline.loading import load_model, load_tokenizer
+from pipeline.core.data import render_prompt
+from pipeline.evaluation.generation import cut, generate, greedy_config
+from pipeline.core.loading import load_model, load_tokenizer
 
 QUESTIONS = ["What is 12 + 7?", "def add(a, b):", "Hi",
              "The following is a multiple choice question about physics. Answer: B and more words to be long",

@@ -6,14 +6,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pipeline.adapter import ModelAdapter
-from pipeline.curve import curve_points, heldout_curve
-from pipeline.export import install_block
-from pipeline.frontier import States, train_block
-from pipeline.errors import PipelineError
-from pipeline.heldout import Agreement, agreement, difference, score
-from pipeline.loading import load_model
-from pipeline.stats import paired_bootstrap
+from pipeline.core.adapter import ModelAdapter
+from pipeline.method.curve import curve_points, heldout_curve
+from pipeline.method.export import install_block
+from pipeline.method.frontier import States, train_block
+from pipeline.core.errors import PipelineError
+from pipeline.evaluation.heldout import Agreement, agreement, difference, score
+from pipeline.core.loading import load_model
+from pipeline.evaluation.stats import paired_bootstrap
 from test_method import stage_inputs
 
 
@@ -172,8 +172,8 @@ def test_residual_interface_reads_the_block_contribution(tiny_pair):
     """With fisher.interface = residual the layer objective of block k is computed on
     h^(k) - h^(k-1) against the aligned source residual h_s^(l(k)) - h_s^(l(k-1)); rejects
     an implementation that still reads h^(k) (its objective differs)."""
-    from pipeline.objectives import cosine_loss
-    from pipeline.supervision import aligned_residual
+    from pipeline.method.objectives import cosine_loss
+    from pipeline.method.supervision import aligned_residual
 
     source, target = tiny_pair
     tgt, states, targets, output, cfg, enc = stage_inputs(source, target, 2, {"objective": "cosine",
@@ -189,9 +189,9 @@ def test_residual_interface_reads_the_block_contribution(tiny_pair):
     assert abs(expected - wrong) > 1e-3
     # the aligned residual is the recomposed difference of the paired source states
     src = ModelAdapter(load_model(str(source), "float32"))
-    from pipeline.alignment import align, alignment_map
-    from pipeline.capture import capture
-    from pipeline.pairing import pair_layers
+    from pipeline.method.alignment import align, alignment_map
+    from pipeline.method.capture import capture
+    from pipeline.method.pairing import pair_layers
 
     got_src = capture(src, enc, list(range(src.n_layers + 1)), 16, 4, torch.float32, progress=False)
     pairing = pair_layers("floor", src.n_layers, tgt.n_layers)
@@ -205,8 +205,8 @@ def test_residual_interface_reads_the_block_contribution(tiny_pair):
 def test_block_numbers_from_the_end():
     """-n names the n-th block from the end, so a setting carries over to another depth;
     rejects an off-by-one (-1 must be the last block, -4 of 24 block 21)."""
-    from pipeline.chain import block_number
-    from pipeline.frontier import FrontierConfig
+    from pipeline.core.chain import block_number
+    from pipeline.method.frontier import FrontierConfig
 
     cfg = FrontierConfig(kl_from=-4, layer_from=-4)
     assert [k for k in range(1, 25) if cfg.has_output_kl(k, 24)] == [21, 22, 23, 24]

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from dvc_project import dvc_env
 
-from pipeline.errors import PipelineError
-from pipeline.losslog import read_losses, tsv_path, write_loss_log
+from pipeline.core.errors import PipelineError
+from pipeline.core.losslog import read_losses, tsv_path, write_loss_log
 
 LOSSES = [0.75, 0.5, 0.4375]
 SUMMARY = {"before": 0.8, "after": 0.4}
@@ -62,10 +62,10 @@ def test_zero_steps_and_a_missing_log(repos, monkeypatch):
 
 
 def test_background_writer_writes_the_same_log_and_ends_when_unused(repos, monkeypatch):
-    from pipeline.losslog import BackgroundLossLog
+    from pipeline.core.losslog import BackgroundLossLog
 
     root = Path(__file__).resolve().parents[1]
-    monkeypatch.setenv("PYTHONPATH", str(root))  # the helper runs `python -m pipeline.losslog`
+    monkeypatch.setenv("PYTHONPATH", str(root))  # the helper runs `python -m pipeline.core.losslog`
     _, direct = log_in(repos["committed"], monkeypatch)
     helper = BackgroundLossLog()
     assert helper.write(Path("bg") / "live", LOSSES, SUMMARY) == "dvclive"

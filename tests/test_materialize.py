@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline import materialize as m
-from pipeline.errors import PipelineError
-from pipeline.tiny import write_pair
+from pipeline.core import materialize as m
+from pipeline.core.errors import PipelineError
+from pipeline.core.tiny import write_pair
 
 CHUNKS = [b"GGUF" + bytes(range(256)) * 3, bytes(range(255, -1, -1)) * 2, b"tail-bytes"]
 WHOLE = b"".join(CHUNKS)

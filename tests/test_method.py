@@ -7,16 +7,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline.adapter import ModelAdapter
-from pipeline.alignment import alignment_map
-from pipeline.attribution import layer_scores, per_example_loss
-from pipeline.capture import capture
-from pipeline.data import encode
-from pipeline.export import export_model
-from pipeline.frontier import FrontierConfig, LayerTargets, OutputTargets, States, embed_states, train_block
-from pipeline.loading import load_model, load_tokenizer
-from pipeline.pairing import pair_layers
-from pipeline.supervision import fisher_stats, supervision
+from pipeline.core.adapter import ModelAdapter
+from pipeline.method.alignment import alignment_map
+from pipeline.method.attribution import layer_scores, per_example_loss
+from pipeline.method.capture import capture
+from pipeline.core.data import encode
+from pipeline.method.export import export_model
+from pipeline.method.frontier import FrontierConfig, LayerTargets, OutputTargets, States, embed_states, train_block
+from pipeline.core.loading import load_model, load_tokenizer
+from pipeline.method.pairing import pair_layers
+from pipeline.method.supervision import fisher_stats, supervision
 from pipeline.tasks import builder
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -185,7 +185,7 @@ def test_output_kl_is_tau_squared_kl_over_the_full_vocabulary(tiny_pair):
     full vocabulary. Rejects (checked by patching output_kl) a missing tau^2, the final norm
     left out, the KL reversed, and the target renormalised over the K ids instead of over all
     V (the K < V case)."""
-    from pipeline.objectives import output_kl
+    from pipeline.method.objectives import output_kl
 
     tgt = _target_with_a_real_final_norm(tiny_pair[1])
     torch.manual_seed(0)
@@ -213,8 +213,8 @@ def test_fisher_loss_reads_the_lm_head_rows_of_its_ids(tiny_pair):
     and with K = V (ids shuffled) the explicit-Fisher form over all V. Rejects rows taken by
     position (W[:K]) and the logit lens without the final norm (checked by patching
     ModelAdapter.logit_lens)."""
-    from pipeline.fisher import surrogate, surrogate_closed_form
-    from pipeline.objectives import fisher_loss
+    from pipeline.method.fisher import surrogate, surrogate_closed_form
+    from pipeline.method.objectives import fisher_loss
 
     tgt = _target_with_a_real_final_norm(tiny_pair[1])
     torch.manual_seed(1)
@@ -240,10 +240,10 @@ def test_interpolate_pairing_supervises_with_the_mixed_source_state(tmp_path):
     5 -> 3 layers: u = 5k/3 gives (a, b, lambda) = (1, 2, 2/3), (3, 4, 1/3), (4, 5, 1).
     Rejects lambda on the wrong layer ((1 - lambda) h_b + lambda h_a), the rounded ``pairs``
     used instead of the mix, and an off-by-one in k (checked by patching source_state)."""
-    from pipeline import layout
-    from pipeline.alignment import align
-    from pipeline.artifacts import read_json, save_tensors, write_json
-    from pipeline.supervision import aligned_state, source_loader, source_state
+    from pipeline.core import layout
+    from pipeline.method.alignment import align
+    from pipeline.core.artifacts import read_json, save_tensors, write_json
+    from pipeline.method.supervision import aligned_state, source_loader, source_state
 
     torch.manual_seed(0)
     hidden = {layer: torch.randn(7, 16) for layer in range(6)}
@@ -304,7 +304,7 @@ def test_exported_model_reproduces_the_chain_in_bf16_storage(tmp_path, pair):
     writes float32."""
     from safetensors import safe_open
 
-    from pipeline.frontier import propagate
+    from pipeline.method.frontier import propagate
 
     source, target_f32 = pair
     bf16 = torch.bfloat16
@@ -343,8 +343,8 @@ def test_exported_model_reproduces_the_chain_in_bf16_storage(tmp_path, pair):
 
 
 def test_partial_load_computes_like_the_full_model_and_leaves_other_blocks_unloaded(pair):
-    from pipeline.errors import PipelineError
-    from pipeline.loading import load_model_blocks
+    from pipeline.core.errors import PipelineError
+    from pipeline.core.loading import load_model_blocks
 
     _, target = pair
     full = ModelAdapter(load_model(str(target), "float32"))
@@ -363,8 +363,8 @@ def test_partial_load_computes_like_the_full_model_and_leaves_other_blocks_unloa
 
 
 def test_partial_load_of_a_tied_model_shares_the_embedding(tmp_path):
-    from pipeline.loading import load_model_blocks
-    from pipeline.tiny import build_model
+    from pipeline.core.loading import load_model_blocks
+    from pipeline.core.tiny import build_model
 
     build_model("qwen2", 320, 3, 32, 4, 2, tie=True).save_pretrained(tmp_path)
     part = ModelAdapter(load_model_blocks(tmp_path, "float32", 1, 1))
@@ -388,10 +388,10 @@ def test_fisher_stage_and_frontier_share_one_temperature(tiny_pair, tmp_path, mo
 
     import yaml
 
-    from pipeline import layout
-    from pipeline.artifacts import load_tensors, save_tensors, write_json
-    from pipeline.fisher import kl_to
-    from pipeline.frontier import frontier_config
+    from pipeline.core import layout
+    from pipeline.core.artifacts import load_tensors, save_tensors, write_json
+    from pipeline.method.fisher import kl_to
+    from pipeline.method.frontier import frontier_config
     from stages import fisher as fisher_stage
     from stages.frontier import layer_targets
 

@@ -7,10 +7,10 @@ import torch
 from eval_helpers import mmlu_record, tiny_model_dir
 from torch import nn
 
-from pipeline.benchmarks import Settings, evaluate, mmlu_choices
-from pipeline.data import render_prompt
-from pipeline.loading import load_model, load_tokenizer
-from pipeline.multiple_choice import choice_logprobs, continuation_ids
+from pipeline.evaluation.benchmarks import Settings, evaluate, mmlu_choices
+from pipeline.core.data import render_prompt
+from pipeline.core.loading import load_model, load_tokenizer
+from pipeline.evaluation.multiple_choice import choice_logprobs, continuation_ids
 
 
 @pytest.fixture(scope="module")

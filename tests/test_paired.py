@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.paired import (compare, connor_difference, critical_count, detectable_difference, mcnemar_exact,
+from pipeline.evaluation.paired import (compare, connor_difference, critical_count, detectable_difference, mcnemar_exact,
                              mcnemar_power, newcombe_interval, required_items)
 
 

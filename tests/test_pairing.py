@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.errors import PipelineError
-from pipeline.pairing import STRATEGIES, base_map, interpolate_map, pair_layers, validate_pairing
+from pipeline.core.errors import PipelineError
+from pipeline.method.pairing import STRATEGIES, base_map, interpolate_map, pair_layers, validate_pairing
 
 PAPER_40_TO_32 = [1, 2, 3, 5, 6, 7, 8, 10, 11, 12, 13, 15, 16, 17, 18, 20, 21, 22, 23, 25, 26, 27, 28, 30,
                   31, 32, 33, 35, 36, 37, 38, 40]
@@ -75,7 +75,7 @@ def test_reported_critical_layers_are_the_ones_the_critical_map_moves():
     layer 2 (score -9) while the map moves layer 5 (score 1), and both ranking by |score|."""
     import random
 
-    from pipeline.pairing import critical_layers
+    from pipeline.method.pairing import critical_layers
 
     scores = [0.1, -9.0, 0.2, 0.3, 1.0, 0.4]  # 6 -> 4: base map [1, 3, 4, 6] leaves 2 and 5 unpaired
     assert critical_layers(scores, 1) == [5]

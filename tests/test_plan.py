@@ -9,9 +9,9 @@ import pytest
 import yaml
 from dvc_project import ROOT, sh
 
-from pipeline.errors import PipelineError
-from pipeline.params import load_params
-from pipeline.plan import main, plan, with_preset
+from pipeline.core.errors import PipelineError
+from pipeline.core.params import load_params
+from pipeline.compute.plan import main, plan, with_preset
 
 TOLERANCE = 0.10
 

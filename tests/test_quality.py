@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pipeline.adapter import ModelAdapter
-from pipeline.loading import load_model
-from pipeline.heldout import Agreement
-from pipeline.quality import evenly_spaced, headline, target_states
+from pipeline.core.adapter import ModelAdapter
+from pipeline.core.loading import load_model
+from pipeline.evaluation.heldout import Agreement
+from pipeline.method.quality import evenly_spaced, headline, target_states
 from test_method import encoded
 
 

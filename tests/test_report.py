@@ -10,11 +10,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from pipeline.artifacts import write_json
-from pipeline.benchmarks import PRIMARY
-from pipeline.errors import PipelineError
-from pipeline.report import collect, markdown, seed_group, table
-from pipeline.stats import proportion
+from pipeline.core.artifacts import write_json
+from pipeline.evaluation.benchmarks import PRIMARY
+from pipeline.core.errors import PipelineError
+from pipeline.evaluation.report import collect, markdown, seed_group, table
+from pipeline.evaluation.stats import proportion
 
 ROOT = Path(__file__).resolve().parents[1]
 N = 10000  # large n so the paper's two-decimal percentages are exact counts
@@ -106,7 +106,7 @@ def write_cost(root: Path, stage: str, item: str, method: str, task, seed, wall_
 
 
 def test_cost_columns_sum_a_methods_stages_per_seed(tmp_path):
-    from pipeline.report import collect_costs, method_costs
+    from pipeline.evaluation.report import collect_costs, method_costs
 
     costs = tmp_path / "cost"
     write_cost(costs, "align", "align", "semalign", None, None, 60.0, 6000.0)
@@ -178,8 +178,8 @@ def test_budget_columns_beside_the_cost():
     """SemAlign on 2 blocks x 4 steps x 4 = 32 examples, 8 steps; SFT 3 epochs x 2 steps of 4 =
     24 examples, 6 steps; the reference rows have none. Rejects a budget attached to the wrong
     method, or SemAlign's per-block numbers shown as its total."""
-    from pipeline import budget
-    from pipeline.report import budget_frame, budget_markdown
+    from pipeline.evaluation import budget
+    from pipeline.evaluation.report import budget_frame, budget_markdown
 
     budgets = budget_frame(budget.run_budgets(small_params(), {"mmlu": 2}))
     long = pd.DataFrame([{"model": m, "benchmark": "mmlu", "score": 40.0, "ci95_low": 30.0, "ci95_high": 50.0,
@@ -196,7 +196,7 @@ def test_budget_columns_beside_the_cost():
 
 
 def write_samples(root: Path, model: str, bench: str, verdicts) -> None:
-    from pipeline.data import write_jsonl
+    from pipeline.core.data import write_jsonl
 
     rows = [{"id": f"{bench}-{i}", "correct": v} for i, v in enumerate(verdicts)]
     write_jsonl(root / model / bench / "samples.jsonl", rows)
@@ -280,7 +280,7 @@ def test_report_stage_states_budgets_from_params_and_chain(paper_metrics, paired
     24-block 384) and the budget from params.yaml."""
     import yaml
 
-    from pipeline.chain import build_chain
+    from pipeline.core.chain import build_chain
 
     samples, heldout = paired_inputs
     params = small_params()
@@ -297,7 +297,7 @@ def test_report_stage_states_budgets_from_params_and_chain(paper_metrics, paired
 def test_the_headline_has_every_semalign_run_and_no_other_method():
     """Two SemAlign seeds and a baseline: one line per SemAlign run and measure, none for SFT;
     an interval that straddles zero says so."""
-    from pipeline.comparisons import headline
+    from pipeline.evaluation.comparisons import headline
 
     heldout = pd.DataFrame([
         {"task": "gsm8k", "model": "target", "kl": 0.25, "top1": 0.8, "examples": 24, "positions": 2000},

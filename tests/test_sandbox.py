@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.errors import PipelineError
-from pipeline.sandbox import Limits, Sandbox
+from pipeline.core.errors import PipelineError
+from pipeline.evaluation.sandbox import Limits, Sandbox
 
 # A hang meets the CPU limit (2 s) first; the wall clock leaves room for a starved machine
 # (on a shared 2-core host at load 8, with the tests at nice 15, starting two sandboxed
@@ -355,7 +355,7 @@ def test_tests_see_the_programs_callables_and_plain_values(box):
 def test_codec_rebuilds_plain_values_and_refuses_the_rest():
     """The data the tests receive: built-in types only, whatever the program sent. Checked: an
     encoder that iterates a list subclass through its own ``__iter__`` fails it."""
-    from pipeline.sandbox_harness import Opaque, decode, encode
+    from pipeline.evaluation.sandbox_harness import Opaque, decode, encode
 
     class Sneaky(int):
         def __eq__(self, other):
@@ -424,7 +424,7 @@ def test_a_hanging_program_is_a_timeout_whichever_limit_fires(hang, setting):
 def test_without_kernel_isolation_auto_falls_back_loudly_and_namespaces_refuses(monkeypatch, broken):
     """``auto`` falls back to ``process`` and says why; ``namespaces`` fails instead.
     Checked: with ``namespaces`` allowed to fall back like ``auto``, it fails."""
-    import pipeline.sandbox as sandbox_module
+    import pipeline.evaluation.sandbox as sandbox_module
 
     real = sandbox_module._which
     fake = None if broken == "no unshare" else "/bin/false"  # like unshare without user namespaces
@@ -524,7 +524,7 @@ def _relocated_interpreter(dest: Path) -> Path:
 def test_kernel_isolation_with_the_interpreter_elsewhere(elsewhere):
     """An interpreter installed under /tmp (hidden by the namespace's private /tmp) or under
     a 0700 directory (which ``nobody`` cannot enter) gets the same kernel isolation as this
-    one, and runs as itself. Before (checked with the old pipeline/sandbox.py): under /tmp
+    one, and runs as itself. Before (checked with the old pipeline/evaluation/sandbox.py): under /tmp
     it fell back to ``process``; under /run's 0700 directory setpriv still executed it
     (it keeps its capabilities through the exec) but, unable to read its own library as
     ``nobody``, it ran the system's libpython and standard library (3.11.2 for 3.11.7)."""
@@ -542,14 +542,14 @@ def test_kernel_isolation_with_the_interpreter_elsewhere(elsewhere):
 def test_kernel_isolation_from_a_checkout_elsewhere(elsewhere):
     """A fresh checkout under /tmp or a 0700 directory, with its own .venv as ``make test``
     makes it, evaluates code with the same isolation and interpreter as this checkout.
-    Before (checked with the old pipeline/sandbox.py): under /tmp it fell back to
+    Before (checked with the old pipeline/evaluation/sandbox.py): under /tmp it fell back to
     ``process``; under /run's 0700 directory it ran the system's Python 3.11.2."""
     mode = _kernel_mode()
     root = Path(__file__).resolve().parents[1]
     clone = elsewhere / "checkout"
     shutil.copytree(root / "pipeline", clone / "pipeline", ignore=shutil.ignore_patterns("__pycache__"))
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(clone / ".venv")], check=True, timeout=120)
-    script = ("import json\nfrom pipeline.sandbox import Limits, Sandbox\n"
+    script = ("import json\nfrom pipeline.evaluation.sandbox import Limits, Sandbox\n"
               "box = Sandbox(Limits(timeout_s=5, cpu_s=5, memory_mb=256))\n"
               "ok = box.check('def add(a, b):\\n    return a + b\\n', 'assert add(2, 3) == 5\\n', 'add')\n"
               "version = box.run('import sys\\nprint(repr(sys.version))').stdout.strip()\n"

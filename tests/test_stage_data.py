@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.data import SPLITS, read_jsonl
-from pipeline.errors import PipelineError
+from pipeline.core.data import SPLITS, read_jsonl
+from pipeline.core.errors import PipelineError
 
 REPO = Path(__file__).resolve().parent.parent
 

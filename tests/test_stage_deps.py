@@ -227,13 +227,13 @@ def test_every_dynamic_import_is_declared():
 def test_the_closure_sees_imports_inside_functions_and_skips_main_blocks():
     """The checker itself: stages/baseline.py imports the runner inside main(), and the chain
     reads the offline registry only under its __main__ guard (a stage importing the chain
-    through layout must not depend on pipeline/materialize.py)."""
+    through layout must not depend on pipeline/core/materialize.py)."""
     baseline = closure(ROOT / "stages/baseline.py", ["sft", "toy"])
     assert {"pipeline/baselines/runner.py", "pipeline/baselines/sft.py"} <= baseline
     assert "pipeline/baselines/kd.py" not in baseline
     pair = closure(ROOT / "stages/pair.py", ["toy"])
-    assert "pipeline/chain.py" in pair and "pipeline/materialize.py" not in pair
-    assert "pipeline/sandbox_guard.py" in closure(ROOT / "stages/evaluate.py", ["source", "toy"])
+    assert "pipeline/core/chain.py" in pair and "pipeline/core/materialize.py" not in pair
+    assert "pipeline/evaluation/sandbox_guard.py" in closure(ROOT / "stages/evaluate.py", ["source", "toy"])
 
 
 def test_source_passes_wait_for_the_vocabulary_check():

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.data import SPLITS, validate_record
-from pipeline.errors import PipelineError
+from pipeline.core.data import SPLITS, validate_record
+from pipeline.core.errors import PipelineError
 from pipeline.tasks import builder, gsm8k, humaneval, mbpp, mmlu
 from pipeline.tasks.sources import is_installed
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.errors import PipelineError
+from pipeline.core.errors import PipelineError
 from pipeline.tasks.splits import allocate, check_disjoint, normalise, seeded_order, split_sizes
 
 SIZES = {"attribution": 3, "transfer": 5, "validation": 2, "evaluation": 4}

@@ -60,7 +60,7 @@ print("torch loaded:", "torch" in sys.modules)
 
 def test_stages_without_a_model_do_not_pay_for_torch(tmp_path):
     """Part of every stage's overhead is its imports; torch's is seconds. The stages that run no
-    model (data, pair) import it nowhere: pipeline.artifacts and pipeline.data import torch
+    model (data, pair) import it nowhere: pipeline.core.artifacts and pipeline.core.data import torch
     inside the functions that handle tensors. Rejects a module-level `import torch` creeping
     back into a module these stages import."""
     params = {"seed": 0, "tasks": ["toy"], "tasks_config": {"toy": {"attribution": 2, "transfer": 3,

@@ -19,17 +19,17 @@ from dataclasses import replace
 import pytest
 import torch
 
-from pipeline.adapter import ModelAdapter
-from pipeline.alignment import alignment_map
-from pipeline.attribution import layer_scores
-from pipeline.capture import capture
-from pipeline.data import EncodedSplit
-from pipeline.frontier import FrontierConfig, LayerTargets, OutputTargets, States, embed_states, train_block
-from pipeline.heldout import agreement
-from pipeline.pairing import pair_layers
-from pipeline.stats import paired_bootstrap
-from pipeline.supervision import fisher_stats, supervision
-from pipeline.tiny import build_model
+from pipeline.core.adapter import ModelAdapter
+from pipeline.method.alignment import alignment_map
+from pipeline.method.attribution import layer_scores
+from pipeline.method.capture import capture
+from pipeline.core.data import EncodedSplit
+from pipeline.method.frontier import FrontierConfig, LayerTargets, OutputTargets, States, embed_states, train_block
+from pipeline.evaluation.heldout import agreement
+from pipeline.method.pairing import pair_layers
+from pipeline.evaluation.stats import paired_bootstrap
+from pipeline.method.supervision import fisher_stats, supervision
+from pipeline.core.tiny import build_model
 
 VOCAB, DIGITS, BOS, SEP, EOS = 64, 10, 10, 11, 12
 N_DIGITS = 6

@@ -16,7 +16,7 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-from pipeline.errors import PipelineError
+from pipeline.core.errors import PipelineError
 
 METHODS = ("sft", "kd", "hidden_kd", "seeking", "laten")
 USES_SOURCE_MODEL = ("seeking", "laten")  # the others read cached source outputs only

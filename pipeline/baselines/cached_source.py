@@ -19,10 +19,10 @@ from pathlib import Path
 
 import torch
 
-from pipeline import layout
-from pipeline.artifacts import load_metadata, load_tensors
-from pipeline.data import EncodedSplit
-from pipeline.errors import PipelineError
+from pipeline.core import layout
+from pipeline.core.artifacts import load_metadata, load_tensors
+from pipeline.core.data import EncodedSplit
+from pipeline.core.errors import PipelineError
 
 PRODUCER = "the extract stage"
 

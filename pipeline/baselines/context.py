@@ -10,17 +10,17 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from pipeline import layout
-from pipeline.cost import Cost
-from pipeline.data import EncodedSplit, SUPERVISE_MODES, encode, read_jsonl
-from pipeline.errors import PipelineError
-from pipeline.loading import DTYPES, load_model, load_tokenizer
-from pipeline.lora import LoraSettings
-from pipeline.parallel import SINGLE, Shard
-from pipeline.training import TrainSettings
+from pipeline.core import layout
+from pipeline.core.cost import Cost
+from pipeline.core.data import EncodedSplit, SUPERVISE_MODES, encode, read_jsonl
+from pipeline.core.errors import PipelineError
+from pipeline.core.loading import DTYPES, load_model, load_tokenizer
+from pipeline.core.lora import LoraSettings
+from pipeline.compute.parallel import SINGLE, Shard
+from pipeline.baselines.training import TrainSettings
 
 if TYPE_CHECKING:
-    from pipeline.compute import Placement
+    from pipeline.compute.placement import Placement
 
 COMMON_KEYS = {"seeds", "enabled", "save_dtype", "lora"}
 
@@ -75,7 +75,7 @@ class Context:
     common: Common
     block: dict[str, Any]  # the method's own params block
     cost: Cost = field(default_factory=Cost)
-    placement: Placement | None = None  # where the run computes (pipeline.compute); None: the CPU in float32
+    placement: Placement | None = None  # where the run computes (pipeline.compute.placement); None: the CPU in float32
 
     @property
     def device(self) -> str:

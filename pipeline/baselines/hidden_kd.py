@@ -14,15 +14,15 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from pipeline import lora
-from pipeline.adapter import ModelAdapter
+from pipeline.core import lora
+from pipeline.core.adapter import ModelAdapter
 from pipeline.baselines import cached_source
 from pipeline.baselines.context import Context, Result, depth, trim
 from pipeline.baselines.kd import KDSettings, kd_loss, load_transfer, position_rows
 from pipeline.baselines.losses import HIDDEN_LOSSES, hidden_loss
-from pipeline.errors import PipelineError
-from pipeline.pairing import base_map
-from pipeline.training import plan, positions, train
+from pipeline.core.errors import PipelineError
+from pipeline.method.pairing import base_map
+from pipeline.baselines.training import plan, positions, train
 
 
 @dataclass(frozen=True)

@@ -10,14 +10,14 @@ from dataclasses import dataclass
 
 import torch
 
-from pipeline import lora
-from pipeline.adapter import ModelAdapter
+from pipeline.core import lora
+from pipeline.core.adapter import ModelAdapter
 from pipeline.baselines import cached_source
 from pipeline.baselines.context import Context, Result, trim
 from pipeline.baselines.losses import supervised_ce, topk_forward_kl
-from pipeline.data import EncodedSplit
-from pipeline.errors import PipelineError
-from pipeline.training import TrainSettings, plan, positions, train
+from pipeline.core.data import EncodedSplit
+from pipeline.core.errors import PipelineError
+from pipeline.baselines.training import TrainSettings, plan, positions, train
 
 
 @dataclass(frozen=True)

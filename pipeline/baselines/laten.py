@@ -22,13 +22,13 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from pipeline.adapter import ModelAdapter
+from pipeline.core.adapter import ModelAdapter
 from pipeline.baselines import laten_locate as locate
 from pipeline.baselines.context import Context, Result, trim
 from pipeline.baselines.losses import supervised_ce
-from pipeline.data import EncodedSplit
-from pipeline.errors import PipelineError
-from pipeline.training import TrainSettings, plan, train
+from pipeline.core.data import EncodedSplit
+from pipeline.core.errors import PipelineError
+from pipeline.baselines.training import TrainSettings, plan, train
 
 MODULES = ("up", "down", "v", "o")
 ROWS = {"up": True, "v": True, "down": False, "o": False}  # units are rows (True) or columns of the weight
@@ -38,7 +38,7 @@ KEYS = {"train", "modules", "rate", "rates", "extract_examples", "align_examples
 
 Key = tuple[int, str]  # (1-based target block, module)
 # The paper's D_extract (locating) and D_align (training) are separate small sets; here the
-# attribution split locates and the transfer split trains (pipeline.budget caps by their sizes).
+# attribution split locates and the transfer split trains (pipeline.evaluation.budget caps by their sizes).
 EXTRACT_SPLIT, ALIGN_SPLIT = "attribution", "transfer"
 
 

@@ -22,9 +22,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from pipeline.adapter import ModelAdapter
+from pipeline.core.adapter import ModelAdapter
 from pipeline.baselines.context import trim
-from pipeline.data import EncodedSplit
+from pipeline.core.data import EncodedSplit
 
 UNIT_CHUNK = 256  # units scored per logit-lens matmul: bounds the (chunk, V) logits in memory
 

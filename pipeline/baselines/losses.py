@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from pipeline.errors import PipelineError
+from pipeline.core.errors import PipelineError
 
 HIDDEN_LOSSES = ("cosine", "mse")
 

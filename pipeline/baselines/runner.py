@@ -13,14 +13,14 @@ from typing import Any
 
 import torch
 
-from pipeline import layout
-from pipeline.artifacts import atomic_path, write_json
+from pipeline.core import layout
+from pipeline.core.artifacts import atomic_path, write_json
 from pipeline.baselines import METHODS, method_module
 from pipeline.baselines.context import COMMON_KEYS, Common, Context, Paths
-from pipeline.compute import settings as compute_settings
-from pipeline.cost import measure
-from pipeline.errors import PipelineError
-from pipeline.params import check_baseline_seed, check_task, section
+from pipeline.compute.placement import settings as compute_settings
+from pipeline.core.cost import measure
+from pipeline.core.errors import PipelineError
+from pipeline.core.params import check_baseline_seed, check_task, section
 
 
 def output_dir(root: str | Path, task: str, method: str, seed: int) -> Path:

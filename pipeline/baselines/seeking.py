@@ -24,17 +24,17 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from pipeline import lora
-from pipeline.adapter import ModelAdapter
+from pipeline.core import lora
+from pipeline.core.adapter import ModelAdapter
 from pipeline.baselines.context import Context, Result, trim
 from pipeline.baselines.losses import supervised_ce
 from pipeline.baselines.sft import finetune
-from pipeline.data import EncodedSplit
-from pipeline.errors import PipelineError
-from pipeline.training import TrainSettings
+from pipeline.core.data import EncodedSplit
+from pipeline.core.errors import PipelineError
+from pipeline.baselines.training import TrainSettings
 
 KEYS = {"train", "seed_examples", "rank", "modules"}
-SEED_SPLIT = "transfer"  # where the seed examples come from (pipeline.budget caps by its size)
+SEED_SPLIT = "transfer"  # where the seed examples come from (pipeline.evaluation.budget caps by its size)
 
 Key = tuple[int, str]  # (1-based block, module role)
 

@@ -9,12 +9,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from pipeline.errors import PipelineError
+from pipeline.core.errors import PipelineError
 
 
 @dataclass
 class TaskBuild:
-    splits: dict[str, list[dict[str, Any]]]  # split name -> records (see pipeline.data)
+    splits: dict[str, list[dict[str, Any]]]  # split name -> records (see pipeline.core.data)
     card: dict[str, Any] = field(default_factory=dict)  # source, version, license, counts, notes
 
 
@@ -23,7 +23,7 @@ REGISTRY: dict[str, Builder] = {}
 
 
 def chat_record(rid: str, task: str, prompt: str, answer: str, meta: dict[str, Any]) -> dict[str, Any]:
-    """One zero-shot record in the format of :mod:`pipeline.data`."""
+    """One zero-shot record in the format of :mod:`pipeline.core.data`."""
     return {"id": rid, "task": task,
             "messages": [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}],
             "meta": meta}

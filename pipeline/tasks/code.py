@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipeline.errors import PipelineError
+from pipeline.core.errors import PipelineError
 
 HEAD = ("Complete the following Python function. Reply with the complete function, including its "
         "signature and any imports it needs, in a single ```python code block.\n\n")

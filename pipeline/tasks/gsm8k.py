@@ -23,7 +23,7 @@ import random
 import re
 from typing import Any, Callable
 
-from pipeline.errors import PipelineError
+from pipeline.core.errors import PipelineError
 from pipeline.tasks import TaskBuild, chat_record, counts, register
 from pipeline.tasks.sources import install_command, package_file, read_jsonl, sha256_file
 from pipeline.tasks.splits import allocate, check_disjoint, normalise, split_sizes

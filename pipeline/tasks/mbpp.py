@@ -19,7 +19,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import PipelineError
+from pipeline.core.errors import PipelineError
 from pipeline.tasks import TaskBuild, chat_record, counts, humaneval, register
 from pipeline.tasks.code import prompt_text, question_of, reference_text
 from pipeline.tasks.sources import SETUP_HINT, cached_archive, read_from_tar

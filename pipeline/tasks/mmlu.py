@@ -17,7 +17,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import PipelineError
+from pipeline.core.errors import PipelineError
 from pipeline.tasks import TaskBuild, chat_record, counts, register
 from pipeline.tasks.sources import package_file, read_jsonl, sha256_file
 from pipeline.tasks.splits import allocate, check_disjoint, normalise, split_sizes

@@ -20,7 +20,7 @@ from __future__ import annotations
 import random
 from typing import Callable, Hashable, Sequence, TypeVar
 
-from pipeline.errors import PipelineError
+from pipeline.core.errors import PipelineError
 
 T = TypeVar("T")
 TRAIN_SPLITS = ("attribution", "validation", "transfer")  # drawing order, see the module docstring

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import random
 
-from pipeline.errors import PipelineError
+from pipeline.core.errors import PipelineError
 from pipeline.tasks import TaskBuild, register
 
 

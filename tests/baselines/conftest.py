@@ -10,9 +10,9 @@ import pytest
 import torch
 from source_cache_writer import write_source_cache
 
-from pipeline.data import write_jsonl
+from pipeline.core.data import write_jsonl
 from pipeline.tasks import toy
-from pipeline.tiny import write_pair
+from pipeline.core.tiny import write_pair
 
 TASK = "toy"
 MAX_LENGTH = 64

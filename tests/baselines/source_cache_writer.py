@@ -1,6 +1,6 @@
 """Test helper: write cached source outputs exactly as the extract stage lays them out.
 
-Uses the extract stage's own ``pipeline.capture``; only the file writing is repeated here so
+Uses the extract stage's own ``pipeline.method.capture``; only the file writing is repeated here so
 that the baseline tests need no DVC run.
 """
 
@@ -10,12 +10,12 @@ from pathlib import Path
 
 import torch
 
-from pipeline import layout
-from pipeline.adapter import ModelAdapter
-from pipeline.artifacts import save_tensors
-from pipeline.capture import capture
-from pipeline.data import encode
-from pipeline.loading import load_model, load_tokenizer
+from pipeline.core import layout
+from pipeline.core.adapter import ModelAdapter
+from pipeline.core.artifacts import save_tensors
+from pipeline.method.capture import capture
+from pipeline.core.data import encode
+from pipeline.core.loading import load_model, load_tokenizer
 
 
 def write_source_cache(source_dir: Path, records: list[dict], out: Path, max_length: int, top_k: int,

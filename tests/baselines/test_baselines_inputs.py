@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from pipeline.baselines import runner
-from pipeline.cost import measure
-from pipeline.errors import PipelineError
-from pipeline.training import TrainSettings, n_steps, plan
+from pipeline.core.cost import measure
+from pipeline.core.errors import PipelineError
+from pipeline.baselines.training import TrainSettings, n_steps, plan
 
 REPO = Path(__file__).resolve().parents[2]
 

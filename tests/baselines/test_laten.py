@@ -7,11 +7,11 @@ import json
 import pytest
 import torch
 
-from pipeline.adapter import ModelAdapter
+from pipeline.core.adapter import ModelAdapter
 from pipeline.baselines import laten, laten_locate, runner
-from pipeline.data import encode, read_jsonl
-from pipeline.errors import PipelineError
-from pipeline.loading import load_model, load_tokenizer
+from pipeline.core.data import encode, read_jsonl
+from pipeline.core.errors import PipelineError
+from pipeline.core.loading import load_model, load_tokenizer
 
 
 def test_answer_position_is_the_last_content_token(tiny_root):

@@ -7,14 +7,14 @@ import json
 import pytest
 import torch
 
-from pipeline import lora
-from pipeline.adapter import ModelAdapter
+from pipeline.core import lora
+from pipeline.core.adapter import ModelAdapter
 from pipeline.baselines import runner, seeking
 from pipeline.baselines.losses import supervised_ce
-from pipeline.data import encode, read_jsonl
-from pipeline.loading import load_model, load_tokenizer
-from pipeline.lora import LoraSettings
-from pipeline.training import TrainSettings
+from pipeline.core.data import encode, read_jsonl
+from pipeline.core.loading import load_model, load_tokenizer
+from pipeline.core.lora import LoraSettings
+from pipeline.baselines.training import TrainSettings
 
 
 def brute_force_window(sens: torch.Tensor, h: int, w: int) -> tuple[int, int]:

@@ -7,11 +7,11 @@ import json
 import torch
 import torch.nn.functional as F
 
-from pipeline.adapter import ModelAdapter
+from pipeline.core.adapter import ModelAdapter
 from pipeline.baselines import cached_source, hidden_kd, runner
 from pipeline.baselines.kd import position_rows
 from pipeline.baselines.losses import topk_forward_kl
-from pipeline.loading import load_model
+from pipeline.core.loading import load_model
 
 
 def run_method(params, project, method, seed=0):
