@@ -1,7 +1,7 @@
 """Evaluator speed: batched generation vs a per-prompt ``generate`` loop, and eval time.
 
-    python benchmarks/eval_throughput.py                      # tiny random model, seconds
-    python benchmarks/eval_throughput.py --model models/target --tasks-dir data/tasks
+    python -m benchmarks.eval_throughput                      # tiny random model, seconds
+    python -m benchmarks.eval_throughput --model models/target --tasks-dir data/tasks
 
 1. Throughput: the same rendered chat prompts (GSM8K questions) are completed greedily
    (a) by :func:`pipeline.evaluation.generation.generate` (sorted, left-padded batches, KV cache) and
@@ -18,20 +18,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the library, from the repo root
+import torch
 
-import torch  # noqa: E402
-
-from pipeline.evaluation.benchmarks import PRIMARY, Settings, check_records, evaluate, select  # noqa: E402
-from pipeline.core.data import read_jsonl, render_prompt  # noqa: E402
-from pipeline.evaluation.generation import eos_ids, generate, greedy_config  # noqa: E402
-from pipeline.core.loading import load_model, load_tokenizer  # noqa: E402
-from pipeline.evaluation.sandbox import Sandbox  # noqa: E402
+from pipeline.evaluation.benchmarks import PRIMARY, Settings, check_records, evaluate, select
+from pipeline.core.data import read_jsonl, render_prompt
+from pipeline.evaluation.generation import eos_ids, generate, greedy_config
+from pipeline.core.loading import load_model, load_tokenizer
+from pipeline.evaluation.sandbox import Sandbox
 
 _QUESTIONS = [
     "Tom has 3 apples and buys 4 more bags of 6 apples each. How many apples does he have?",

@@ -1,6 +1,6 @@
-"""Stage: evaluate one model directory on one benchmark's evaluation split.
+"""Stage `evaluate-*`: one model directory on one benchmark's evaluation split.
 
-    python stages/evaluate.py MODEL_KEY BENCHMARK [--model DIR]
+    python -m stages.evaluate MODEL_KEY BENCHMARK [--model DIR]
 
 MODEL_KEY names the model in every output (default directory: ``models/MODEL_KEY``);
 BENCHMARK is one of mmlu, gsm8k, humaneval, mbpp. Settings come from the ``evaluation``
@@ -19,74 +19,18 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import fields
 from pathlib import Path
 
-# Stage scripts run as `python stages/x.py`; make the library importable from the repo root.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from pipeline.compute import launch
+from pipeline.compute.placement import place, warn_slow_dtype
+from pipeline.core.artifacts import atomic_path, write_json
+from pipeline.core.data import read_jsonl, write_jsonl
+from pipeline.core.errors import PipelineError
+from pipeline.core.params import load_params, section
+from pipeline.core.runner import guarded
+from pipeline.evaluation.benchmarks import BENCHMARKS, Settings, check_records, evaluate, select, summary_line
 
-from pipeline.core.artifacts import atomic_path, write_json  # noqa: E402
-from pipeline.compute import launch  # noqa: E402
-from pipeline.evaluation.benchmarks import BENCHMARKS, PRIMARY, Settings, check_records, evaluate, select  # noqa: E402
-from pipeline.compute.placement import place  # noqa: E402
-from pipeline.core.data import read_jsonl, write_jsonl  # noqa: E402
-from pipeline.core.errors import PipelineError  # noqa: E402
-from pipeline.core.params import load_params, section  # noqa: E402
-from pipeline.core.runner import guarded  # noqa: E402
-
-SANDBOX_KEYS = ("isolation", "python", "workers")
-
-
-def settings_for(block: dict, benchmark: str) -> Settings:
-    per = (block.get("benchmarks") or {}).get(benchmark) or {}
-    if "batch_size" not in per and "batch_size" in block:
-        per = {**per, "batch_size": block["batch_size"]}
-    workers = (block.get("sandbox") or {}).get("workers", 1)
-    return Settings.from_params({**per, "sandbox_workers": workers}, per.get("batch_size", 8))
-
-
-def make_sandbox(block: dict):
-    from pipeline.evaluation.sandbox import Limits, Sandbox
-
-    cfg = dict(block.get("sandbox") or {})
-    limit_keys = {f.name for f in fields(Limits)}
-    unknown = sorted(set(cfg) - limit_keys - set(SANDBOX_KEYS))
-    if unknown:
-        raise PipelineError(f"unknown evaluation.sandbox setting(s) {unknown}",
-                            f"use only {sorted(limit_keys | set(SANDBOX_KEYS))}")
-    limits = Limits(**{k: v for k, v in cfg.items() if k in limit_keys})
-    return Sandbox(limits, isolation=cfg.get("isolation", "auto"), python=cfg.get("python"))
-
-
-def sandbox_line(info: dict) -> str:
-    """The stage's line on the code sandbox; a fallback from kernel isolation is a warning."""
-    line = f"code sandbox: isolation={info['isolation']} guard={info['guard']} python={info['python']}"
-    if info["fallback_note"]:
-        line = (f"WARNING: {line}: no kernel isolation, only resource limits and the in-process guard stand "
-                f"between generated code and this host ({info['fallback_note']}). To fail instead, set "
-                "evaluation.sandbox.isolation: namespaces")
-    return line
-
-
-def warn_slow_dtype(dtype: str, device: str) -> None:
-    """Half precision on a CPU without AVX-512 runs through emulated kernels.
-
-    Measured on a 2-core AVX2-only EPYC: a bf16 1024x896x4864 matmul took 18 s against
-    0.22 s in float32, and a 0.5B forward of 8x128 tokens ~100 s against ~16 s.
-    """
-    import torch
-
-    if dtype in ("bfloat16", "float16") and device == "cpu":
-        capability = torch.backends.cpu.get_cpu_capability()
-        if not capability.startswith("AVX512"):
-            print(f"warning: {dtype} on a {capability} CPU is emulated and can be ~10-80x slower than float32; "
-                  "consider compute.dtype.cpu: float32", file=sys.stderr)
-
-
-def summary_line(benchmark: str, key: str, metrics: dict) -> str:
-    m = PRIMARY[benchmark]
-    return (f"{benchmark} {key}: {m} {metrics[m]:.2f}% "
-            f"[{metrics[m + '_ci95_low']:.2f}, {metrics[m + '_ci95_high']:.2f}] n={metrics['n']}")
+CODE_BENCHMARKS = ("humaneval", "mbpp")  # their answers run in the sandbox
 
 
 def run(args: argparse.Namespace) -> None:
@@ -99,19 +43,21 @@ def run(args: argparse.Namespace) -> None:
         raise PipelineError(f"model directory {model_dir} has no config.json",
                             f"build it first (`dvc repro`) or pass --model DIR for key {args.model_key!r}")
     placement = place(params, f"evaluate@{args.model_key}-{args.benchmark}")  # a bad value fails before any work
-    settings = settings_for(block, args.benchmark)
+    settings = Settings.for_benchmark(block, args.benchmark)
     split = Path(args.tasks_dir) / args.benchmark / "evaluation.jsonl"
     records = read_jsonl(split)
     check_records(args.benchmark, records, str(split))
     records = select(records, settings.limit)
     sandbox = None
-    if args.benchmark in ("humaneval", "mbpp"):
-        sandbox = make_sandbox(block)  # probes the isolation before any model is loaded
-        print(sandbox_line(sandbox.describe()), file=sys.stderr)
+    if args.benchmark in CODE_BENCHMARKS:
+        from pipeline.evaluation.sandbox import Sandbox
+
+        sandbox = Sandbox.from_params(block.get("sandbox"))  # probes the isolation before any model is loaded
+        print(sandbox.status_line(), file=sys.stderr)
 
     from pipeline.core.loading import load_model, load_tokenizer
 
-    warn_slow_dtype(placement.dtype, placement.device)
+    warn_slow_dtype(placement)
     if block.get("threads"):
         # On a shared or busy CPU, fewer intra-op threads can be much faster: idle OpenMP
         # workers spin while the OS schedules someone else's process on their core.

@@ -1,6 +1,6 @@
-"""Stage: the results table from every evaluate stage's metrics.
+"""Stage `report`: the results table from every evaluate stage's metrics.
 
-    python stages/report.py [--source KEY]
+    python -m stages.report [--source KEY]
 
 Reads ``metrics/eval/<model>/<benchmark>.json`` and writes ``metrics/results.md`` and
 ``metrics/results.csv`` (rows: models, seeds grouped; columns: the four benchmarks, their
@@ -20,15 +20,13 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the library, from the repo root
-
-from pipeline.evaluation import budget, comparisons  # noqa: E402
-from pipeline.core.artifacts import atomic_path, write_json  # noqa: E402
-from pipeline.core.chain import load_chain  # noqa: E402
-from pipeline.core.params import load_params  # noqa: E402
-from pipeline.core.runner import guarded  # noqa: E402
-from pipeline.evaluation.report import (bar_chart, budget_frame, budget_markdown, collect, collect_costs,  # noqa: E402
-                             markdown, order_rows, plot_rows, summary_metrics, table)
+from pipeline.evaluation import budget, comparisons
+from pipeline.core.artifacts import atomic_path, write_json
+from pipeline.core.chain import load_chain
+from pipeline.core.params import load_params
+from pipeline.core.runner import guarded
+from pipeline.evaluation.report import (bar_chart, budget_frame, budget_markdown, collect, collect_costs,
+                                        markdown, order_rows, plot_rows, summary_metrics, table)
 
 
 def run(args: argparse.Namespace) -> None:

@@ -225,6 +225,21 @@ def place(params: dict[str, Any], stage: str, uses_device: bool = True, why_cpu:
     return placement
 
 
+def warn_slow_dtype(placement: Placement) -> None:
+    """Half precision on a CPU without AVX-512 runs through emulated kernels: say so.
+
+    Measured on a 2-core AVX2-only EPYC: a bf16 1024x896x4864 matmul took 18 s against
+    0.22 s in float32, and a 0.5B forward of 8x128 tokens ~100 s against ~16 s.
+    """
+    import torch
+
+    if placement.dtype in ("bfloat16", "float16") and placement.device == "cpu":
+        capability = torch.backends.cpu.get_cpu_capability()
+        if not capability.startswith("AVX512"):
+            print(f"warning: {placement.dtype} on a {capability} CPU is emulated and can be ~10-80x slower than "
+                  "float32; consider compute.dtype.cpu: float32", file=sys.stderr)
+
+
 # --- putting weights on devices ----------------------------------------------------------------
 def checkpoint_bytes(model_dir: str | Path, dtype_bytes: int) -> int:
     """Bytes the weights take in a dtype of ``dtype_bytes``, from config.json alone (no weights read)."""

@@ -84,6 +84,23 @@ class Settings:
                                 "fix the benchmark's limit in params.yaml")
         return s
 
+    @classmethod
+    def for_benchmark(cls, block: dict[str, Any], benchmark: str) -> "Settings":
+        """``evaluation.benchmarks.BENCHMARK`` of params.yaml, with the block's batch size and
+        sandbox workers where the benchmark does not set its own."""
+        per = (block.get("benchmarks") or {}).get(benchmark) or {}
+        if "batch_size" not in per and "batch_size" in block:
+            per = {**per, "batch_size": block["batch_size"]}
+        workers = (block.get("sandbox") or {}).get("workers", 1)
+        return cls.from_params({**per, "sandbox_workers": workers}, per.get("batch_size", 8))
+
+
+def summary_line(benchmark: str, key: str, metrics: dict[str, float | int]) -> str:
+    """The evaluate stage's closing line: the primary metric with its interval and n."""
+    m = PRIMARY[benchmark]
+    return (f"{benchmark} {key}: {m} {metrics[m]:.2f}% "
+            f"[{metrics[m + '_ci95_low']:.2f}, {metrics[m + '_ci95_high']:.2f}] n={metrics['n']}")
+
 
 @dataclass
 class Evaluation:

@@ -60,7 +60,7 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Callable, Iterable, TypeVar
 
@@ -77,6 +77,7 @@ _PROBE = "import sys\nprint('sandbox-ok', repr(sys.version))\n"
 # load 8) must not cost the kernel isolation, so it does not get the programs' timeout_s.
 _PROBE_TIMEOUT_S = 60.0
 _T = TypeVar("_T")
+SETTING_KEYS = ("isolation", "python", "workers")  # evaluation.sandbox keys besides the Limits
 
 
 @dataclass(frozen=True)
@@ -317,10 +318,34 @@ class Sandbox:
         self.interpreter = find_interpreter(self.python)
         self.mode, self.fallback_note = resolve_isolation(self.isolation, self)
 
+    @classmethod
+    def from_params(cls, block: dict | None) -> "Sandbox":
+        """The sandbox ``evaluation.sandbox`` of params.yaml describes (limits, isolation,
+        interpreter); the isolation is probed here, before any model is loaded."""
+        cfg = dict(block or {})
+        limit_keys = {f.name for f in fields(Limits)}
+        unknown = sorted(set(cfg) - limit_keys - set(SETTING_KEYS))
+        if unknown:
+            raise PipelineError(f"unknown evaluation.sandbox setting(s) {unknown}",
+                                f"use only {sorted(limit_keys | set(SETTING_KEYS))}")
+        limits = Limits(**{k: v for k, v in cfg.items() if k in limit_keys})
+        return cls(limits, isolation=cfg.get("isolation", "auto"), python=cfg.get("python"))
+
     def describe(self) -> dict:
         return {"isolation": self.mode, "guard": self.guard, "fallback_note": self.fallback_note,
                 "limits": asdict(self.limits), "python": self.interpreter.version.split()[0],
                 "verdict": "benchmark tests in a separate process, plain data both ways"}
+
+    def status_line(self) -> str:
+        """One line on the isolation in force for the stage's log; a fallback from kernel
+        isolation is a warning, since only limits and the guard then protect the host."""
+        info = self.describe()
+        line = f"code sandbox: isolation={info['isolation']} guard={info['guard']} python={info['python']}"
+        if info["fallback_note"]:
+            line = (f"WARNING: {line}: no kernel isolation, only resource limits and the in-process guard stand "
+                    f"between generated code and this host ({info['fallback_note']}). To fail instead, set "
+                    "evaluation.sandbox.isolation: namespaces")
+        return line
 
     def _child(self, role: str, guard: bool, args: tuple[int | str, ...] = ()) -> list[str]:
         cfg = json.dumps({"cpu_s": self.limits.cpu_s, "memory_mb": self.limits.memory_mb,
