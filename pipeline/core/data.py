@@ -67,17 +67,15 @@ def validate_record(record: dict[str, Any], where: str = "record") -> None:
         )
 
 
-def load_split(task_dir: str | os.PathLike, split: str):
-    """One split of a task as a `datasets.Dataset` (columns id, task, messages, meta)."""
-    from datasets import Dataset  # imported here: it adds seconds to every stage's start-up
+def load_split(task_dir: str | os.PathLike, split: str) -> list[dict[str, Any]]:
+    """One split of a task: its records as the data stage wrote them (id, task, messages, meta).
 
+    Plain JSONL, not a `datasets.Dataset`: converting the records cost 57x reading them, and
+    importing the library 1.5 s per stage process, for records that are tokenised one by one
+    (benchmarks/split_loading.py)."""
     if split not in SPLITS:
         raise PipelineError(f"unknown split {split!r}", f"use one of {', '.join(SPLITS)}")
-    records = read_jsonl(Path(task_dir) / f"{split}.jsonl")
-    for r in records:
-        r.setdefault("meta", {})
-        r["meta"] = json.dumps(r["meta"])  # keep heterogeneous per-task fields as one column
-    return Dataset.from_list(records)
+    return read_jsonl(Path(task_dir) / f"{split}.jsonl")
 
 
 def render_prompt(tokenizer, messages: Sequence[dict[str, str]]) -> str:
@@ -140,12 +138,11 @@ class EncodedSplit:
 
 def encode(
     tokenizer,
-    records: Sequence[dict[str, Any]] | Any,
+    records: Sequence[dict[str, Any]],
     max_length: int,
     supervise: str = "answer",
 ) -> EncodedSplit:
-    """Tokenise records (a list or a `datasets.Dataset`); prompts are cut from the left so the
-    answer survives."""
+    """Tokenise records; prompts are cut from the left so the answer survives."""
     import torch
 
     if supervise not in SUPERVISE_MODES:
