@@ -22,9 +22,9 @@ from pipeline.compute.placement import place
 from pipeline.core.data import encoded_from_tensors
 from pipeline.core.errors import PipelineError
 from pipeline.method.figures import (attribution_records, cka_records, loss_records, paired_cka, pairing_records,
-                              save_heatmaps)
+                                     save_heatmaps)
 from pipeline.core.loading import load_model
-from pipeline.core.losslog import read_losses
+from pipeline.core.training_log import read_losses
 from pipeline.core.params import check_diagnostics_task, check_seed, check_task, load_params, section, task_and_seed
 from pipeline.method.quality import evenly_spaced, target_states
 from pipeline.core.runner import run_stage
@@ -39,7 +39,7 @@ def position_subset(n: int, limit: int) -> torch.Tensor:
 
 def loss_curves(task: str, seed: int) -> dict[str, list[float]]:
     keys = chain.chain_keys(chain.load_chain(), task, seed)
-    return {k: read_losses(layout.frontier_dir(task, k) / layout.LIVE) for k in keys}
+    return {k: read_losses(layout.frontier_live_dir(task, k)) for k in keys}
 
 
 def main() -> None:

@@ -5,7 +5,8 @@
 Reads the ``baselines`` and ``data`` blocks of params.yaml, ``models/target`` (and
 ``models/source`` for seeking / laten), ``data/tasks/TASK/*.jsonl`` and the cached source
 outputs in ``artifacts/TASK/source/``; writes ``artifacts/TASK/baselines/METHOD-sS/``
-(model, tokenizer, cost.json, log.json).
+(model, tokenizer, cost.json, log.json) and logs every training step through DVCLive into
+``dvclive/TASK/baselines/METHOD-sS/``.
 """
 
 import argparse
@@ -35,7 +36,7 @@ def main(args: argparse.Namespace) -> None:
     ctx.placement = place(params, name) if args.method in ON_DEVICE else place(
         params, name, uses_device=False, why_cpu=f"{args.method}'s locate/sensitivity code is CPU-only")
     out = runner.output_dir(".", args.task, args.method, args.seed)
-    cost = runner.run(ctx, out)
+    cost = runner.run(ctx, out, runner.live_dir(".", args.task, args.method, args.seed))
     if cost is not None:
         print(f"{out}: {cost['wall_s']:.1f} s, peak RSS {cost['peak_rss_gib']:.2f} GiB")
 

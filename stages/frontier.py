@@ -1,8 +1,8 @@
 """Stage `frontier@KEY` (e.g. `frontier@mmlu-s0-L03`): train target block k of seed 0's chain alone.
 
 Reads h^(k-1) from the previous chain stage, the layer's supervision from the fisher
-stage (and the source output logits for the last block), writes the trained block,
-h^(k) for the next stage, and the loss log (also as DVCLive plots).
+stage (and the source output logits for the last block), writes the trained block and
+h^(k) for the next stage, and logs the loss of every step through DVCLive as it trains.
 """
 
 import sys
@@ -17,7 +17,7 @@ from pipeline.compute.placement import place
 from pipeline.core.errors import PipelineError
 from pipeline.method.frontier import LayerTargets, OutputTargets, States, frontier_config, train_block
 from pipeline.core.loading import load_model_blocks, torch_dtype
-from pipeline.core.losslog import BackgroundLossLog
+from pipeline.core.training_log import LOSS, TrainingLog
 from pipeline.core.params import check_task, load_params, section, storage_dtype
 from pipeline.core.runner import CostTag, is_main_process, run_stage
 
@@ -33,16 +33,10 @@ def layer_targets(task: str, k: int, tau: float) -> LayerTargets:
 
 
 def main() -> None:
-    # Imports DVCLive on the other core meanwhile; only the main process writes the log.
-    loss_log = BackgroundLossLog() if is_main_process() else None
-    try:
-        train(sys.argv[1], loss_log)
-    finally:
-        if loss_log is not None:
-            loss_log.close()
+    train(sys.argv[1])
 
 
-def train(stage_key: str, loss_log: BackgroundLossLog | None) -> None:
+def train(stage_key: str) -> None:
     params = load_params()
     entry = chain.load_chain().get(stage_key)
     if entry is None:
@@ -71,9 +65,13 @@ def train(stage_key: str, loss_log: BackgroundLossLog | None) -> None:
         out = load_tensors(layout.source_dir(task) / "transfer" / "output_topk.safetensors", "the extract stage")
         output = OutputTargets(out["topk_ids"], out["topk_logits"])
     store = torch_dtype(storage_dtype(params))
-    result = train_block(target, k, states, targets, output, cfg, store_dtype=store, shard=placement.shard)
-    if loss_log is None:
-        return  # the main process writes the block every process trained
+    log = None
+    if is_main_process():  # it alone logs and writes what every process trained
+        log = TrainingLog(layout.frontier_live_dir(task, stage_key), trains=cfg.trains(k, n_layers) and cfg.steps > 0)
+    result = train_block(target, k, states, targets, output, cfg, store_dtype=store, shard=placement.shard,
+                         on_step=None if log is None else lambda loss: log.step({LOSS: loss}))
+    if log is None:
+        return
     with atomic_path(layout.frontier_dir(task, stage_key), is_dir=True) as tmp:
         save_tensors(tmp / "block.safetensors", result.block_state, {"layer": k, "prefix": target.block_prefix(k)})
         save_tensors(tmp / "states.safetensors", {"hidden": result.states_out.to(store), "input_ids": prev["input_ids"],
@@ -82,8 +80,7 @@ def train(stage_key: str, loss_log: BackgroundLossLog | None) -> None:
         write_json(tmp / "log.json", {"key": stage_key, "seed": seed, "layer": k, "objective": "output_kl" if is_last else cfg.objective,
                                       "before": result.objective_before, "after": result.objective_after,
                                       "losses": result.losses})
-        loss_log.write(tmp / layout.LIVE, result.losses,
-                       {"before": result.objective_before, "after": result.objective_after})
+    log.close({"before": result.objective_before, "after": result.objective_after}, declared=(LOSS,))
     print(f"{stage_key}: objective {result.objective_before:.4g} -> {result.objective_after:.4g}")
 
 

@@ -41,6 +41,17 @@ def tiny_params(source: Path, target: Path, tasks=("toy",)) -> dict:
     return params
 
 
+def set_param(root: Path, dotted: str, value) -> None:
+    """One key of the project's params.yaml, as `dvc exp run -S` would set it."""
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    node = params
+    *path, last = dotted.split(".")
+    for p in path:
+        node = node[p]
+    node[last] = value
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
 def write_params(root: Path, params: dict, n_layers: int) -> None:
     """params.yaml plus the matching chain.yaml."""
     from pipeline.core.chain import rewrite

@@ -208,6 +208,26 @@ def test_old_params_with_frontier_tau_are_refused_naming_the_move():
         frontier_config(params, seed=0)
 
 
+def test_lora_targets_are_roles_everywhere_and_old_module_names_are_refused_naming_them():
+    """frontier.lora.targets once named modules (v_proj, o_proj, ...) where baselines.lora.targets
+    names roles (q, k, v, ...); both are roles now, mapped to each family's modules by the
+    adapter. An old params file fails naming the roles to write, before any model loads; an
+    unknown role fails listing the known ones. Rejects a frontier that passes module names
+    through to PEFT."""
+    from pipeline.method.frontier import frontier_config
+
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    assert params["frontier"]["lora"]["targets"] == ["v", "o", "up", "down"]
+    assert frontier_config(params, seed=0).lora.targets == ("v", "o", "up", "down")
+    params["frontier"]["lora"]["targets"] = ["v_proj", "o_proj", "up_proj", "down_proj"]
+    old_spelling = r"(?s)frontier\.lora\.targets names modules.*fix: write targets: \[v, o, up, down\]"
+    with pytest.raises(PipelineError, match=old_spelling):
+        frontier_config(params, seed=0)
+    params["frontier"]["lora"]["targets"] = ["v", "attn"]
+    with pytest.raises(PipelineError, match=r"frontier\.lora\.targets has unknown module roles \['attn'\]"):
+        frontier_config(params, seed=0)
+
+
 def test_frontier_refuses_fisher_statistics_built_at_another_temperature(tmp_path, monkeypatch):
     """A fisher artifact records the tau it was built with; the frontier reads it only at the
     same tau (a stale artifact from a run by hand would otherwise pair p~ at one tau with d at

@@ -5,17 +5,7 @@ from __future__ import annotations
 import json
 
 import yaml
-from dvc_project import RUNNING, repro, sh, write_params
-
-
-def set_param(root, dotted: str, value) -> None:
-    params = yaml.safe_load((root / "params.yaml").read_text())
-    node = params
-    *path, last = dotted.split(".")
-    for p in path:
-        node = node[p]
-    node[last] = value
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+from dvc_project import RUNNING, repro, set_param, sh, write_params
 
 
 def test_pipeline_runs_then_caches_and_reruns_only_what_changed(reproduced_copy):

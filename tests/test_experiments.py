@@ -1,4 +1,4 @@
-"""Experiment comparison on the tiny project: DVCLive loss logs, the analysis stage's
+"""Experiment comparison on the tiny project: DVCLive training logs, the analysis stage's
 figures through `dvc plots`, a clean `dvc exp show`, and a queued ablation sweep."""
 
 from __future__ import annotations
@@ -19,7 +19,9 @@ PLOTS = {"plots/quality/toy-s0.json", "plots/analysis/cka_before/toy-s0.json", "
          "plots/analysis/cka_heatmap/toy-s0.png", "plots/analysis/attribution/toy-s0.json",
          "plots/analysis/pairing/toy-s0.json", "plots/analysis/frontier_loss/toy-s0.json",
          "plots/curve/toy-s0.json", "plots/curve_png/toy-s0.png",
-         "plots/results.csv", "plots/results.png"}
+         "plots/results.csv", "plots/results.png",
+         "dvclive/toy/frontier/s0/toy-s0-L01/plots/metrics/loss.tsv",  # the stages' own plots: their
+         "dvclive/toy/frontier/s0/toy-s0-L02/plots/metrics/loss.tsv"}  # per-step logs (DVCLive)
 
 
 def read(root: Path, rel: str):
@@ -44,7 +46,7 @@ def test_frontier_logs_and_analysis_figures_render(reproduced_project, tmp_path)
     curves = {}
     for key in ("toy-s0-L01", "toy-s0-L02"):
         stage_dir = root / "artifacts/toy/frontier/s0" / key
-        with open(stage_dir / "live/plots/metrics/loss.tsv", newline="") as f:
+        with open(root / "dvclive/toy/frontier/s0" / key / "plots/metrics/loss.tsv", newline="") as f:
             rows = list(csv.DictReader(f, delimiter="\t"))
         curves[key] = [float(r["loss"]) for r in rows]
         assert curves[key] == read(stage_dir, "log.json")["losses"] and len(rows) == steps

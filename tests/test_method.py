@@ -13,7 +13,9 @@ from pipeline.method.attribution import layer_scores, per_example_loss
 from pipeline.method.capture import capture
 from pipeline.core.data import encode
 from pipeline.method.export import export_model
-from pipeline.method.frontier import FrontierConfig, LayerTargets, OutputTargets, States, embed_states, train_block
+from pipeline.method.frontier import (LORA_TARGETS, FrontierConfig, LayerTargets, OutputTargets, States, embed_states,
+                                      train_block)
+from pipeline.core.lora import LoraSettings
 from pipeline.core.loading import load_model, load_tokenizer
 from pipeline.method.pairing import pair_layers
 from pipeline.method.supervision import fisher_stats, supervision
@@ -271,7 +273,7 @@ def test_ablation_objectives_train(tiny_pair, objective, interface):
 
 def test_lora_block_is_merged_into_plain_weights(tiny_pair):
     source, target = tiny_pair
-    tgt, states, targets, output, cfg, _ = stage_inputs(source, target, 2, {"trainable": "lora", "lora_r": 4})
+    tgt, states, targets, output, cfg, _ = stage_inputs(source, target, 2, {"trainable": "lora", "lora": LoraSettings(r=4, targets=LORA_TARGETS)})
     names = set(tgt.block(2).state_dict())
     result = train_block(tgt, 2, states, targets, output, cfg, progress=False)
     assert set(result.block_state) == names

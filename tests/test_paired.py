@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from pipeline.evaluation.paired import (compare, connor_difference, critical_count, detectable_difference, mcnemar_exact,
-                             mcnemar_power, newcombe_interval, required_items)
+                                       mcnemar_power, newcombe_interval, required_items)
 
 
 def test_mcnemar_exact_by_hand():

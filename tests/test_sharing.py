@@ -21,7 +21,7 @@ LAYER = "artifacts/toy/source/transfer/layer_03.safetensors"
 # one output of each kind a teammate should get back without recomputing
 RESTORED = ("models/target/config.json", "artifacts/toy/source/transfer/layer_02.safetensors",
             "artifacts/toy/fisher/layer_01.safetensors", "artifacts/toy/frontier/s0/toy-s0-L01/block.safetensors",
-            "artifacts/toy/frontier/s0/toy-s0-L01/live/plots/metrics/loss.tsv", "artifacts/toy/model-s0/config.json",
+            "dvclive/toy/frontier/s0/toy-s0-L01/plots/metrics/loss.tsv", "artifacts/toy/model-s0/config.json",
             "metrics/quality/toy-s0.json", "plots/analysis/cka_heatmap/toy-s0.png")
 
 

@@ -5,8 +5,8 @@ leaves stale cached outputs. One it lists but does not import re-runs the stage 
 The closure is computed statically (``ast``) over stages/ and pipeline/, with imports inside
 functions counted (they run when the function does) and imports under a library module's
 ``if __name__ == "__main__":`` left out (they run only when that module is itself the command).
-dvc.yaml's ``foreach``/``matrix`` templates are expanded with params.yaml and chain.yaml, as
-DVC does; an empty list (a baseline switched off) still gets one stand-in item, so switched-off
+dvc.yaml's ``foreach``/``matrix`` templates are expanded with params.yaml, chain.yaml and each
+stage's own ``vars``, as DVC does (YAML anchors and ``<<:`` merges resolve on loading); an empty list (a baseline switched off) still gets one stand-in item, so switched-off
 stages are checked too.
 """
 
@@ -148,6 +148,15 @@ def resolve(value, context: dict) -> list:
     return items or [STAND_IN]
 
 
+def stage_vars(body: dict) -> dict:
+    """A stage's own ``vars:`` (inline mappings, as dvc.yaml writes them), added to its context."""
+    local: dict = {}
+    for entry in body.get("vars", []):
+        assert isinstance(entry, dict), f"stage vars other than inline mappings are not expanded here: {entry!r}"
+        local.update(entry)
+    return local
+
+
 def stage_instances() -> list[tuple[str, str, str, list[str]]]:
     """(stage definition, instance name, cmd, deps) of every stage instance of dvc.yaml."""
     dvc = yaml.safe_load((ROOT / "dvc.yaml").read_text())
@@ -168,7 +177,9 @@ def stage_instances() -> list[tuple[str, str, str, list[str]]]:
             body = stage
         else:
             items, body = [(context, name)], stage
+        local = stage_vars(body)
         for ctx, instance in items:
+            ctx = {**ctx, **local}
             deps = [substitute(str(d), ctx) for d in body.get("deps", [])]
             out.append((name, instance, substitute(body["cmd"], ctx), deps))
     return out

@@ -1,4 +1,4 @@
-"""Frontier loss logs: DVCLive in a committed repo, the same files without a commit."""
+"""Training logs: DVCLive in a committed repo, the same files without a commit, step by step."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from dvc_project import dvc_env
 
 from pipeline.core.errors import PipelineError
-from pipeline.core.losslog import read_losses, tsv_path, write_loss_log
+from pipeline.core.training_log import LOSS, TrainingLog, read_losses, tsv_path
 
 LOSSES = [0.75, 0.5, 0.4375]
 SUMMARY = {"before": 0.8, "after": 0.4}
@@ -35,9 +35,14 @@ def repos(tmp_path, monkeypatch) -> dict[str, Path]:
 
 
 def log_in(repo: Path, monkeypatch, losses=LOSSES) -> tuple[str, Path]:
+    """A training stage's log: one step per loss, then the summary."""
     monkeypatch.chdir(repo)
     live = Path("out") / "live"
-    return write_loss_log(live, losses, SUMMARY), repo / live
+    log = TrainingLog(live)
+    for loss in losses:
+        log.step({LOSS: loss})
+    log.close(SUMMARY)
+    return log.writer, repo / live
 
 
 def test_dvclive_writes_the_log_and_the_fallback_writes_the_same_files(repos, monkeypatch):
@@ -61,16 +66,21 @@ def test_zero_steps_and_a_missing_log(repos, monkeypatch):
         read_losses(repos["empty"] / "nowhere")
 
 
-def test_background_writer_writes_the_same_log_and_ends_when_unused(repos, monkeypatch):
-    from pipeline.core.losslog import BackgroundLossLog
-
-    root = Path(__file__).resolve().parents[1]
-    monkeypatch.setenv("PYTHONPATH", str(root))  # the helper runs `python -m pipeline.core.losslog`
-    _, direct = log_in(repos["committed"], monkeypatch)
-    helper = BackgroundLossLog()
-    assert helper.write(Path("bg") / "live", LOSSES, SUMMARY) == "dvclive"
-    for rel in ("metrics.json", tsv_path(Path(".")).as_posix()):
-        assert (repos["committed"] / "bg/live" / rel).read_text() == (direct / rel).read_text(), rel
-    unused = BackgroundLossLog()
-    unused.close()
-    assert unused.proc.returncode is not None
+def test_each_step_is_on_disk_when_it_is_logged_and_a_declared_plot_exists_without_steps(repos, monkeypatch):
+    """The log is written as training goes (what `dvc plots` and DVC's VS Code extension read
+    while a stage trains), not at the end; a stage that trains no steps still writes the plot
+    file dvc.yaml declares, with its header alone, in both writers."""
+    for repo in ("committed", "empty"):
+        monkeypatch.chdir(repos[repo])
+        live = Path(f"steps-{repo}")
+        log = TrainingLog(live)
+        for i, loss in enumerate(LOSSES):
+            log.step({LOSS: loss, "lr": 0.1})
+            assert read_losses(live) == LOSSES[:i + 1], repo
+            assert json.loads((live / "metrics.json").read_text())["step"] == i, repo
+        log.close(SUMMARY)
+        idle = TrainingLog(Path(f"idle-{repo}"), trains=False)
+        idle.close(SUMMARY, declared=(LOSS,))
+        assert idle.writer == "plain" and read_losses(Path(f"idle-{repo}")) == []
+        assert tsv_path(Path(f"idle-{repo}")).read_text() == "step\tloss\n"
+        assert json.loads((Path(f"idle-{repo}") / "metrics.json").read_text()) == SUMMARY

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 from torch import nn
@@ -76,6 +76,7 @@ class Context:
     block: dict[str, Any]  # the method's own params block
     cost: Cost = field(default_factory=Cost)
     placement: Placement | None = None  # where the run computes (pipeline.compute.placement); None: the CPU in float32
+    step_log: Callable[[dict[str, float]], None] | None = None  # the stage's per-step log (main process only)
 
     @property
     def device(self) -> str:
@@ -84,6 +85,11 @@ class Context:
     @property
     def shard(self) -> Shard:
         return self.placement.shard if self.placement else SINGLE
+
+    def log_step(self, step: int, entry: dict[str, float]) -> None:
+        """The training loop's ``on_step``: one optimizer step's loss, its terms, gradient norm and lr."""
+        if self.step_log is not None:
+            self.step_log({k: v for k, v in entry.items() if k != "step"})
 
     def train_settings(self) -> TrainSettings:
         """The method's own ``train`` block (each method has one, so that tuning one method's

@@ -114,7 +114,7 @@ def run(ctx: Context, s: HiddenKDSettings) -> Result:
     with ctx.cost.phase("train"):
         log = train(list(model.parameters()) + list(proj.parameters()), plan(len(data.ids), s.kd.train, ctx.seed),
                     loss_fn, s.kd.train, f"hidden_kd {ctx.task} s{ctx.seed}", shard=ctx.shard,
-                    units=positions(data))
+                    units=positions(data), on_step=ctx.log_step)
     outputs.remove()
     shapes = {k: list(proj[str(k)].weight.shape) for k in pairs}  # logged; the projections are dropped here
     return Result(lora.merge(model), tok, {"train": log, "pairs": pairs, "projection_shapes": shapes,

@@ -89,6 +89,6 @@ def run(ctx: Context, settings: KDSettings) -> Result:
     with ctx.cost.phase("train"):
         log = train(list(model.parameters()), plan(len(data.ids), settings.train, ctx.seed), loss_fn,
                     settings.train, f"kd {ctx.task} s{ctx.seed}", shard=ctx.shard,
-                    units=positions(data))
+                    units=positions(data), on_step=ctx.log_step)
     return Result(lora.merge(model), tok, {"train": log, "n_examples": len(data.ids),
                                            "n_positions": data.n_supervised, "top_k": int(topk_ids.shape[1])})

@@ -263,7 +263,8 @@ def run(ctx: Context, s: LatenSettings) -> Result:
     steps = plan(len(align.ids), s.train, ctx.seed)
     checkpoints: dict[int, dict] = {}
 
-    def keep(step: int, _entry: dict) -> None:
+    def keep(step: int, entry: dict) -> None:
+        ctx.log_step(step, entry)
         if (s.eval_every and step % s.eval_every == 0) or step == len(steps):
             checkpoints[step] = {k: v.detach().clone() for k, v in transfer.translators.state_dict().items()}
 

@@ -27,6 +27,10 @@ def output_dir(root: str | Path, task: str, method: str, seed: int) -> Path:
     return Path(root) / layout.baseline_dir(task, method, seed)
 
 
+def live_dir(root: str | Path, task: str, method: str, seed: int) -> Path:
+    return Path(root) / layout.baseline_live_dir(task, method, seed)
+
+
 def make_context(params: dict[str, Any], method: str, task: str, seed: int, root: str | Path = ".") -> Context:
     """Validate the request against params.yaml: method known and switched on for the task, seed listed."""
     method_module(method)
@@ -52,15 +56,22 @@ def make_context(params: dict[str, Any], method: str, task: str, seed: int, root
                    common=Common.from_params(block, params.get("data") or {}), block=dict(own))
 
 
-def run(ctx: Context, out: str | Path) -> dict[str, Any] | None:
+def run(ctx: Context, out: str | Path, live: str | Path | None = None) -> dict[str, Any] | None:
     """Run the method and write its output directory; returns the cost record (None on the
-    processes other than the main one of a data-parallel run: it alone writes)."""
+    processes other than the main one of a data-parallel run: it alone writes). With ``live``
+    every optimizer step is logged there through DVCLive as it happens."""
     module = method_module(ctx.method)
     settings = module.prepare(ctx)  # fails here, before any model is loaded
     torch.manual_seed(ctx.seed)
     if not ctx.shard.is_main:
         module.run(ctx, settings)
         return None
+    log = None
+    if live is not None:
+        from pipeline.core.training_log import TrainingLog
+
+        log = TrainingLog(Path(live))
+        ctx.step_log = log.step
     with atomic_path(out, is_dir=True) as tmp:
         with measure() as cost:
             ctx.cost = cost
@@ -72,4 +83,6 @@ def run(ctx: Context, out: str | Path) -> dict[str, Any] | None:
                   "torch_threads": torch.get_num_threads()}
         write_json(Path(tmp) / "cost.json", record)
         write_json(Path(tmp) / "log.json", {"method": ctx.method, "task": ctx.task, "seed": ctx.seed, **result.log})
+    if log is not None:
+        log.close({})
     return record

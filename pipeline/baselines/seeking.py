@@ -33,7 +33,7 @@ from pipeline.core.data import EncodedSplit
 from pipeline.core.errors import PipelineError
 from pipeline.baselines.training import TrainSettings
 
-KEYS = {"train", "seed_examples", "rank", "modules"}
+KEYS = {"train", "seed_examples", "modules"}
 SEED_SPLIT = "transfer"  # where the seed examples come from (pipeline.evaluation.budget caps by its size)
 
 Key = tuple[int, str]  # (1-based block, module role)
@@ -43,21 +43,21 @@ Key = tuple[int, str]  # (1-based block, module role)
 class SeekingSettings:
     train: TrainSettings
     seed_examples: int = 32
-    rank: int = 16
+    rank: int = 16  # the SVD factors initialise the LoRA adapters: always baselines.lora.r
     modules: tuple[str, ...] = ("q", "k", "v", "o", "gate", "up", "down")
 
 
 def prepare(ctx: Context) -> SeekingSettings:
+    if "rank" in ctx.block:  # a knob that had to equal another by hand
+        raise PipelineError(f"params.yaml sets baselines.seeking.rank ({ctx.block['rank']!r}), which is gone: "
+                            "SEEKING's SVD rank is the LoRA rank its factors initialise, baselines.lora.r",
+                            f"delete baselines.seeking.rank; set baselines.lora.r (now {ctx.common.lora.r}) instead")
     unknown = set(ctx.block) - KEYS
     if unknown:
         raise PipelineError(f"unknown keys {sorted(unknown)} in baselines.seeking", f"use {sorted(KEYS)}")
     b = ctx.block
     s = SeekingSettings(train=ctx.train_settings(), seed_examples=int(b.get("seed_examples", 32)),
-                        rank=int(b.get("rank", ctx.common.lora.r)),
-                        modules=tuple(b.get("modules") or ctx.common.lora.targets))
-    if s.rank != ctx.common.lora.r:
-        raise PipelineError(f"baselines.seeking.rank ({s.rank}) differs from the LoRA rank ({ctx.common.lora.r})",
-                            "the SVD factors initialise the LoRA adapters, so set both to the same value")
+                        rank=ctx.common.lora.r, modules=tuple(b.get("modules") or ctx.common.lora.targets))
     outside = sorted(set(s.modules) - set(ctx.common.lora.targets))
     if outside:
         raise PipelineError(f"baselines.seeking.modules {outside} have no LoRA adapter to inject into",

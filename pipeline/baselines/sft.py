@@ -45,7 +45,7 @@ def finetune(ctx: Context, model, data: EncodedSplit, settings: TrainSettings, d
     model.train()
     with ctx.cost.phase("train"):
         log = train(list(model.parameters()), steps, ce_loss_fn(model, data), settings, desc, shard=ctx.shard,
-                    units=positions(data))
+                    units=positions(data), on_step=ctx.log_step)
     return lora.merge(model), log
 
 

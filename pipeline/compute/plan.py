@@ -38,7 +38,7 @@ from pipeline.core.errors import PipelineError
 from pipeline.compute.sizes import ModelShape
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
-LOG_FILES = 1024  # a frontier stage's log.json and DVCLive directory (measured 450-600 bytes)
+LOG_FILES = 1024  # a frontier stage's log.json and its DVCLive log under dvclive/ (measured 450-600 bytes)
 CONFIGS = Path(__file__).resolve().parents[2] / "presets" / "model-configs"
 # Typical (prompt tokens, answer tokens) per example, for planning before the data stage has run.
 TYPICAL = {"mmlu": (160, 3), "gsm8k": (90, 130), "humaneval": (160, 130), "mbpp": (120, 110), "toy": (30, 6)}

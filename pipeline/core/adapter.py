@@ -11,6 +11,7 @@ Layer numbering follows method.md: blocks are 1-based, ``h^(0)`` is the embeddin
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 from torch import nn
@@ -56,6 +57,30 @@ FAMILIES: dict[str, FamilySpec] = {
     "qwen3": _LLAMA_LIKE,
     "mistral": _LLAMA_LIKE,
 }
+
+
+def linear_roles() -> tuple[str, ...]:
+    """Every role some family names (q, k, v, o, gate, up, down): what params.yaml may write as
+    LoRA targets or transferred modules, checked before any model is loaded."""
+    roles = dict.fromkeys(role for spec in FAMILIES.values() for role, _ in spec.linears)
+    return tuple(roles)
+
+
+def check_roles(roles: Sequence[str], where: str) -> None:
+    """Fail naming the roles to write when ``roles`` (a params.yaml list such as
+    ``frontier.lora.targets``) holds anything else; module names (``v_proj``, the spelling
+    ``frontier.lora.targets`` once used) are answered with their roles."""
+    known = linear_roles()
+    unknown = [r for r in roles if r not in known]
+    if not unknown:
+        return
+    as_role = {path.rsplit(".", 1)[-1]: role for spec in FAMILIES.values() for role, path in spec.linears}
+    if all(r in as_role for r in unknown):
+        spelled = [as_role.get(r, r) for r in roles]
+        raise PipelineError(f"{where} names modules {unknown}: module lists are written as roles, the same for "
+                            "every model family (pipeline/core/adapter.py maps them to each family's modules)",
+                            f"write {where.rsplit('.', 1)[-1]}: [{', '.join(spelled)}]")
+    raise PipelineError(f"{where} has unknown module roles {unknown}", f"use roles from {list(known)}")
 
 
 class ModelAdapter:
@@ -137,6 +162,10 @@ class ModelAdapter:
                 f"use module roles from {list(paths)}",
             )
         return paths[role]
+
+    def linear_paths(self, roles: Sequence[str]) -> list[str]:
+        """Paths inside a block of the modules with ``roles`` (what PEFT's ``target_modules`` takes)."""
+        return sorted({self.linear_path(role) for role in roles})
 
     def linear(self, k: int, role: str) -> nn.Module:
         """The ``role`` linear module of block ``k`` (1-based)."""

@@ -3,8 +3,10 @@
 DVC templating has no arithmetic, so "stage k depends on stage k-1" is data: one entry per
 (task, seed, target block), keyed ``<task>-s<seed>-L<k>``, naming its task, seed, layer and
 the previous stage's key (``<task>-L00`` is the embedding stage, shared by the seeds).
-dvc.yaml loads the file through ``vars`` rather than params.yaml, so the chain's hundreds of
-structural entries never show up as parameter columns in ``dvc exp show``.
+dvc.yaml loads the file through ``vars`` rather than params.yaml: the chain is structure, not
+a parameter (no ``dvc exp run -S`` sets it, and rewriting params.yaml never re-runs a stage
+through it). DVC still lists the values each frontier stage interpolates from it as
+``chain.*`` parameter columns of ``dvc exp show``; ``scripts/exp_show.sh`` drops them.
 ``python -m pipeline.core.chain`` rewrites it for the tasks and seeds in params.yaml and the
 target model's depth.
 """

@@ -11,6 +11,7 @@ TASKS = Path("data/tasks")
 ARTIFACTS = Path("artifacts")
 METRICS = Path("metrics")
 PLOTS = Path("plots")
+LIVE = Path("dvclive")  # per-step training logs (DVCLive's folder name), kept in git
 
 
 def model_dir(role: str) -> Path:
@@ -57,14 +58,17 @@ def run_name(task: str, seed: int) -> str:
 
 
 def frontier_dir(task: str, key: str) -> Path:
-    """Stage ``key`` of the chain: block.safetensors, states.safetensors, log.json, and the DVCLive
-    loss log in LIVE/. A seed's blocks share a directory (``frontier/s0/mmlu-s0-L03``) that the
+    """Stage ``key`` of the chain: block.safetensors, states.safetensors, log.json (its per-step
+    loss log is :func:`frontier_live_dir`). A seed's blocks share a directory (``frontier/s0/mmlu-s0-L03``) that the
     seed's export depends on, so adding a seed leaves the other seeds' exports cached; the
     embedding (``frontier/mmlu-L00``) is shared."""
     return ARTIFACTS / task / "frontier" / stage_subdir(key)
 
 
-LIVE = "live"  # DVCLive directory inside each frontier stage's output
+def frontier_live_dir(task: str, key: str) -> Path:
+    """Stage ``key``'s per-step loss log (DVCLive), beside the cached artifacts: under
+    ``dvclive/TASK/frontier/`` in the chain's layout, so a seed's logs share a directory too."""
+    return LIVE / task / "frontier" / stage_subdir(key)
 
 
 def export_dir(task: str, seed: int) -> Path:
@@ -74,6 +78,11 @@ def export_dir(task: str, seed: int) -> Path:
 def baseline_dir(task: str, method: str, seed: int) -> Path:
     """One baseline run: a Hugging Face model directory plus cost.json and log.json."""
     return ARTIFACTS / task / "baselines" / f"{method}-s{seed}"
+
+
+def baseline_live_dir(task: str, method: str, seed: int) -> Path:
+    """One baseline run's per-step training log (DVCLive): loss, gradient norm, lr and its terms."""
+    return LIVE / task / "baselines" / f"{method}-s{seed}"
 
 
 def cost_file(stage: str) -> Path:

@@ -1,6 +1,7 @@
-"""LoRA through PEFT: settings, attaching adapters to a target, merging them back.
+"""LoRA through PEFT: settings, attaching adapters to a target or one block, merging them back.
 
-Module roles (``q``, ``up``, ...) are translated to the family's module paths by the
+``frontier.lora`` and ``baselines.lora`` are read the same way. Targets are module roles
+(``q``, ``up``, ...), translated to the family's module paths by the
 :class:`~pipeline.core.adapter.ModelAdapter`, so params.yaml never names ``self_attn.q_proj``.
 """
 
@@ -11,7 +12,7 @@ from typing import Any
 
 from torch import nn
 
-from pipeline.core.adapter import ModelAdapter
+from pipeline.core.adapter import ModelAdapter, check_roles
 from pipeline.core.errors import PipelineError
 
 DEFAULT_TARGETS = ("q", "k", "v", "o", "gate", "up", "down")
@@ -29,14 +30,16 @@ class LoraSettings:
         return self.alpha / self.r
 
     @classmethod
-    def from_params(cls, block: dict[str, Any] | None, where: str = "baselines.lora") -> "LoraSettings":
+    def from_params(cls, block: dict[str, Any] | None, where: str = "baselines.lora",
+                    default_targets: tuple[str, ...] = DEFAULT_TARGETS) -> "LoraSettings":
         block = dict(block or {})
         unknown = set(block) - {"r", "alpha", "dropout", "targets"}
         if unknown:
             raise PipelineError(f"unknown keys {sorted(unknown)} in {where}", "use r, alpha, dropout, targets")
         s = cls(r=int(block.get("r", cls.r)), alpha=float(block.get("alpha", cls.alpha)),
                 dropout=float(block.get("dropout", cls.dropout)),
-                targets=tuple(block.get("targets", DEFAULT_TARGETS)))
+                targets=tuple(block.get("targets", default_targets)))
+        check_roles(s.targets, f"{where}.targets")
         if s.r < 1 or s.alpha <= 0 or not 0 <= s.dropout < 1 or not s.targets:
             raise PipelineError(f"invalid LoRA settings in {where}: {s}",
                                 "use r >= 1, alpha > 0, 0 <= dropout < 1 and at least one target module")
@@ -50,11 +53,20 @@ def attach(model: nn.Module, settings: LoraSettings):
     """
     from peft import LoraConfig, get_peft_model
 
-    adapter = ModelAdapter(model)
-    paths = sorted({adapter.linear_path(role) for role in settings.targets})  # validates roles
+    paths = ModelAdapter(model).linear_paths(settings.targets)  # validates roles
     config = LoraConfig(r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
                         target_modules=paths, bias="none", task_type="CAUSAL_LM")
     return get_peft_model(model, config)
+
+
+def attach_block(block: nn.Module, adapter: ModelAdapter, settings: LoraSettings):
+    """Wrap one decoder block (of ``adapter``'s model) in a PEFT model with fresh adapters on
+    its target modules: the frontier's ``trainable: lora``."""
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
+                        target_modules=adapter.linear_paths(settings.targets))
+    return get_peft_model(block, config)
 
 
 def lora_layer(peft_model, k: int, role: str):

@@ -1,123 +1,123 @@
-"""Per-step loss logs of the frontier stages, in DVCLive's layout.
+"""Per-step training logs through DVCLive: the frontier stages' loss, the baselines' losses.
 
-Each frontier stage logs into ``live/`` inside its own output directory, so the log is
-part of the stage's cached output (run cache and `dvc pull` keep working) and DVCLive
-never edits dvc.yaml (``dvcyaml=False``) or saves experiments of its own
-(``save_dvc_exp=False``; `dvc exp run` saves them). Layout::
+A training stage opens its log before its first step and logs every optimizer step as it
+happens, so `dvc plots show` (and DVC's VS Code extension, while `dvc exp run` trains) read
+the curve from the files DVCLive keeps up to date. Each log is a directory of its own under
+``dvclive/`` (layout.live_dir), declared in dvc.yaml as the stage's plots with
+``cache: false``: kept in git, so a fresh clone shows it without a pull. DVCLive never edits
+dvc.yaml (``dvcyaml=False``) or saves experiments of its own (``save_dvc_exp=False``;
+`dvc exp run` saves them). Layout::
 
-    live/metrics.json              last loss, last step, plus the summary given
-    live/plots/metrics/loss.tsv    step<TAB>loss, one row per optimizer step
+    metrics.json               last value of each metric, last step, plus the summary given
+    plots/metrics/NAME.tsv     step<TAB>NAME, one row per optimizer step and metric
 
 DVCLive refuses to start in a git repository without commits (it asks git for the
 baseline revision). A `dvc repro` right after `git init` is legitimate, so then the same
-two files are written here instead of failing a finished training run.
+files are written here, step by step, instead of failing a training run. A stage that
+trains no steps (a frontier block without an objective) writes them here too: importing
+DVCLive costs it about two seconds for nothing to log.
 """
 
 from __future__ import annotations
 
 import csv
 import json
-import subprocess
-import sys
+import shutil
 from pathlib import Path
-from typing import Mapping
+from typing import Mapping, Sequence
 
 from pipeline.core.errors import PipelineError
 
-METRIC = "loss"
+LOSS = "loss"
 
 
-def tsv_path(live_dir: Path) -> Path:
-    return Path(live_dir) / "plots" / "metrics" / f"{METRIC}.tsv"
+def tsv_path(live_dir: Path, metric: str = LOSS) -> Path:
+    return Path(live_dir) / "plots" / "metrics" / f"{metric}.tsv"
 
 
-def _write_with_dvclive(live_dir: Path, losses: list[float], summary: Mapping[str, float]) -> None:
-    from dvclive import Live  # imported here: importing DVC costs a second of start-up
+class _PlainWriter:
+    """The files DVCLive writes, byte for byte, without DVCLive (its summary logic included)."""
 
-    live = Live(str(live_dir), dvcyaml=False, save_dvc_exp=False)
-    for loss in losses:
-        live.log_metric(METRIC, loss)
-        live.next_step()
-    live.summary.update(summary)
-    live.end()
+    def __init__(self, live_dir: Path) -> None:
+        self.dir = Path(live_dir)
+        shutil.rmtree(self.dir / "plots", ignore_errors=True)  # a fresh log, as DVCLive starts one
+        (self.dir / "metrics.json").unlink(missing_ok=True)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.step = 0
+        self.summary: dict[str, float] = {}
+
+    def log_metric(self, name: str, value: float) -> None:
+        path = tsv_path(self.dir, name)
+        if not path.is_file():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(f"step\t{name}\n")
+        with path.open("a") as f:
+            f.write(f"{self.step}\t{value}\n")
+        self.summary[name] = value
+
+    def next_step(self) -> None:
+        self.summary["step"] = self.step
+        self._write_summary()
+        self.step += 1
+
+    def end(self) -> None:
+        self._write_summary()
+
+    def _write_summary(self) -> None:
+        (self.dir / "metrics.json").write_text(json.dumps(self.summary, indent=4) + "\n")
 
 
-def _write_plain(live_dir: Path, losses: list[float], summary: Mapping[str, float]) -> None:
-    Path(live_dir).mkdir(parents=True, exist_ok=True)
-    if losses:  # like DVCLive: no steps, no TSV
-        path = tsv_path(live_dir)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text("step\tloss\n" + "".join(f"{i}\t{v}\n" for i, v in enumerate(losses)))
-    record = {METRIC: losses[-1], "step": len(losses) - 1} if losses else {}
-    record.update(summary)
-    (Path(live_dir) / "metrics.json").write_text(json.dumps(record, indent=4) + "\n")
-
-
-def write_loss_log(live_dir: Path, losses: list[float], summary: Mapping[str, float]) -> str:
-    """Log ``losses`` (one per step) and ``summary``; returns "dvclive" or "plain" (who wrote it).
-
-    Callers pass a directory inside a not-yet-published output (the frontier stage's
-    atomic temporary directory), so a crash leaves no half-written log behind.
-    """
+def _open_live(live_dir: Path):
+    from dvclive import Live  # here, not at module level: DVC's import costs seconds of start-up
     from scmrepo.exceptions import SCMError
 
     try:
-        _write_with_dvclive(Path(live_dir), losses, summary)
-        return "dvclive"
+        return Live(str(live_dir), dvcyaml=False, save_dvc_exp=False), "dvclive"
     except SCMError:  # "Empty git repo": no commit yet to name a baseline
-        _write_plain(Path(live_dir), losses, summary)
-        return "plain"
+        return _PlainWriter(live_dir), "plain"
 
 
-class BackgroundLossLog:
-    """``write_loss_log`` in a helper process started early, so DVCLive's import (about two
-    seconds, most of it DVC) runs on the other core while the stage loads its model and trains.
-    A frontier stage is short and there are L of them per task: this is minutes per run.
-    """
+class TrainingLog:
+    """One stage's per-step log; ``writer`` says who writes it ("dvclive" or "plain")."""
 
-    def __init__(self) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-m", "pipeline.core.losslog"], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    def __init__(self, live_dir: Path, trains: bool = True) -> None:
+        self.dir = Path(live_dir)
+        if trains:
+            self._out, self.writer = _open_live(self.dir)
+        else:
+            self._out, self.writer = _PlainWriter(self.dir), "plain"
+        self.steps = 0
 
-    def write(self, live_dir: Path, losses: list[float], summary: Mapping[str, float]) -> str:
-        request = {"live_dir": str(Path(live_dir).resolve()), "losses": list(losses), "summary": dict(summary)}
-        out, err = self.proc.communicate(json.dumps(request), timeout=600)
-        if self.proc.returncode != 0:
-            raise PipelineError(f"the loss-log writer failed: {err.strip()[-800:]}",
-                                "run `python -m pipeline.core.losslog < /dev/null` to check that DVCLive imports")
-        return out.strip()
+    def step(self, values: Mapping[str, float]) -> None:
+        """Log one optimizer step's values; the files on disk include it when this returns."""
+        for name, value in values.items():
+            self._out.log_metric(name, float(value))
+        self._out.next_step()
+        self.steps += 1
 
-    def close(self) -> None:
-        """End the helper if ``write`` was never reached (the stage failed first)."""
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-
-
-def _serve() -> None:
-    import dvclive  # noqa: F401  (the point of the helper: import while the parent works)
-
-    text = sys.stdin.read()
-    if not text.strip():
-        return  # the parent ended without logging
-    request = json.loads(text)
-    print(write_loss_log(Path(request["live_dir"]), request["losses"], request["summary"]))
+    def close(self, summary: Mapping[str, float], declared: Sequence[str] = ()) -> None:
+        """Add ``summary`` to metrics.json and end the log. ``declared``: metrics whose plot file
+        dvc.yaml declares as an output; a stage that logged no step writes each with its header
+        alone, so the output exists (DVCLive writes no file for a metric never logged)."""
+        self._out.summary.update(summary)
+        self._out.end()
+        if self.steps == 0:
+            for name in declared:
+                path = tsv_path(self.dir, name)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(f"step\t{name}\n")
 
 
 def read_losses(live_dir: Path) -> list[float]:
-    """The per-step losses of one log, in step order."""
+    """The per-step losses of one log, in step order ([] for a stage that trained no steps)."""
     path = tsv_path(live_dir)
     if not path.is_file() and (Path(live_dir) / "metrics.json").is_file():
-        return []  # a stage trained for zero steps (frontier.steps: 0)
+        return []  # a log written before stages declared their loss plot: no steps, no TSV
     if not path.is_file():
-        raise PipelineError(f"loss log {path} is missing", "re-run the frontier stage that writes it (`dvc repro`)")
+        raise PipelineError(f"loss log {path} is missing", "re-run the training stage that writes it (`dvc repro`)")
     with path.open(newline="") as f:
         rows = list(csv.DictReader(f, delimiter="\t"))
-    if rows and not {"step", METRIC} <= set(rows[0]):
-        raise PipelineError(f"loss log {path} has columns {sorted(rows[0])}, expected step and {METRIC}",
-                            "re-run the frontier stage that writes it (`dvc repro --force`)")
-    return [float(r[METRIC]) for r in sorted(rows, key=lambda r: int(r["step"]))]
-
-
-if __name__ == "__main__":
-    _serve()
+    if rows and not {"step", LOSS} <= set(rows[0]):
+        raise PipelineError(f"loss log {path} has columns {sorted(rows[0])}, expected step and {LOSS}",
+                            "re-run the training stage that writes it (`dvc repro --force`)")
+    return [float(r[LOSS]) for r in sorted(rows, key=lambda r: int(r["step"]))]

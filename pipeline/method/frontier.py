@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 from tqdm.auto import tqdm
@@ -21,11 +22,13 @@ from pipeline.core.data import batches
 from pipeline.core.chain import block_number
 from pipeline.core.errors import PipelineError
 from pipeline.core.loading import torch_dtype
+from pipeline.core.lora import LoraSettings, attach_block
 from pipeline.method.objectives import check_objective, cosine_loss, fisher_loss, output_kl, relation_loss
 from pipeline.compute.parallel import SINGLE, Shard
 from pipeline.core.params import fisher_tau, section
 
 TRAINABLE = ("full", "lora")
+LORA_TARGETS = ("v", "o", "up", "down")  # the paper's: attention v, o and FFN up, down
 INTERFACES = ("state", "residual")
 
 
@@ -46,10 +49,7 @@ class FrontierConfig:
     log_examples: int = 16  # examples the logged objective before/after training is measured on (0: all)
     interface: str = "state"  # what the layer objective reads: h^(k) or h^(k) - h^(k-1) (fisher.interface)
     trainable: str = "full"
-    lora_r: int = 16
-    lora_alpha: int = 16
-    lora_dropout: float = 0.05
-    lora_targets: list[str] = field(default_factory=lambda: ["v_proj", "o_proj", "up_proj", "down_proj"])
+    lora: LoraSettings = field(default_factory=lambda: LoraSettings(targets=LORA_TARGETS))  # trainable: lora
     compute_dtype: str = "float32"
     seed: int = 0
 
@@ -106,21 +106,18 @@ def frontier_config(params: dict, seed: int) -> FrontierConfig:
         raise PipelineError("frontier.kl_every_stage has become frontier.kl_from (the first block trained with the "
                             "output KL too)", "replace `kl_every_stage: true` by `kl_from: 1` and "
                             "`kl_every_stage: false` by `kl_from: 0` in params.yaml")
-    lora = f.pop("lora", {}) or {}
+    lora = LoraSettings.from_params(f.pop("lora", None), "frontier.lora", LORA_TARGETS)
     from pipeline.compute.placement import settings
 
     train_dtype = settings(params).train_dtype  # frontier.compute_dtype moved to compute.train_dtype
-    known = set(FrontierConfig.__dataclass_fields__) - {"tau", "interface", "seed", "compute_dtype"}
+    known = set(FrontierConfig.__dataclass_fields__) - {"tau", "interface", "seed", "compute_dtype", "lora"}
     unknown = sorted(set(f) - known)
     if unknown:
         raise PipelineError(f"unknown frontier params {unknown}", f"use only {sorted(known)} (and lora:)")
     f = {key: _number(f"frontier.{key}", value, FrontierConfig.__dataclass_fields__[key].type)
          for key, value in f.items()}
     cfg = FrontierConfig(**f, tau=fisher_tau(params), compute_dtype=train_dtype,
-                         interface=str(section(params, "fisher").get("interface", "state")),
-                         lora_r=int(lora.get("r", 16)), lora_alpha=int(lora.get("alpha", 16)),
-                         lora_dropout=_number("frontier.lora.dropout", lora.get("dropout", 0.05), "float"),
-                         lora_targets=list(lora.get("targets", FrontierConfig().lora_targets)),
+                         interface=str(section(params, "fisher").get("interface", "state")), lora=lora,
                          seed=seed)
     cfg.validate()
     return cfg
@@ -190,15 +187,13 @@ def _rows(offsets: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     return torch.cat([torch.arange(int(offsets[i]), int(offsets[i + 1])) for i in idx.tolist()])
 
 
-def _make_trainable(block: torch.nn.Module, cfg: FrontierConfig):
+def _make_trainable(adapter: ModelAdapter, k: int, cfg: FrontierConfig):
     """Returns (module to optimise, finish) where finish() merges LoRA back into plain weights."""
+    block = adapter.block(k)
     if cfg.trainable == "full":
         block.requires_grad_(True)
         return block, lambda: block
-    from peft import LoraConfig, get_peft_model
-
-    peft_block = get_peft_model(block, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
-                                                  lora_dropout=cfg.lora_dropout, target_modules=cfg.lora_targets))
+    peft_block = attach_block(block, adapter, cfg.lora)
     return peft_block, peft_block.merge_and_unload
 
 
@@ -323,8 +318,11 @@ def check_inputs(adapter: ModelAdapter, k: int, states: States, targets: LayerTa
 
 def train_block(adapter: ModelAdapter, k: int, states: States, targets: LayerTargets | None,
                 output: OutputTargets | None, cfg: FrontierConfig, progress: bool = True,
-                store_dtype: torch.dtype | None = None, shard: Shard = SINGLE) -> FrontierResult:
+                store_dtype: torch.dtype | None = None, shard: Shard = SINGLE,
+                on_step: Callable[[float], None] | None = None) -> FrontierResult:
     """Train block k (1-based) alone and propagate the transfer split through it.
+
+    ``on_step`` gets each optimizer step's loss as the step ends (the stage's training log).
 
     With ``store_dtype`` the trained weights are rounded to it before propagating, so h^(k)
     is exactly what the exported (stored-precision) block k computes from the same h^(k-1).
@@ -353,7 +351,7 @@ def train_block(adapter: ModelAdapter, k: int, states: States, targets: LayerTar
     adapter.model.get_output_embeddings().to(compute)
     block.to(compute)
     torch.manual_seed(cfg.seed + k)
-    module, finish = _make_trainable(block, cfg)
+    module, finish = _make_trainable(adapter, k, cfg)
     params = [p for p in module.parameters() if p.requires_grad]
     stage = _Stage(adapter, k, states, targets, output, cfg, model_dtype, shard)
 
@@ -374,6 +372,8 @@ def train_block(adapter: ModelAdapter, k: int, states: States, targets: LayerTar
             idx, order = torch.tensor(order[: cfg.batch_size]), order[cfg.batch_size:]
             opt.zero_grad(set_to_none=True)
             losses.append(stage.backward(idx, f"stage {k}, step {step}"))
+            if on_step is not None:
+                on_step(losses[-1])
             if cfg.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
             opt.step()

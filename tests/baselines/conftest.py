@@ -34,7 +34,7 @@ def baseline_params() -> dict:
         "sft": {"train": dict(TRAIN)},
         "kd": {"train": dict(TRAIN), "temperature": 2.0, "ce_weight": 0.0},
         "hidden_kd": {"train": dict(TRAIN), "loss": "cosine", "hidden_weight": 1.0, "kl_weight": 1.0},
-        "seeking": {"train": dict(TRAIN), "seed_examples": 8, "rank": 16},
+        "seeking": {"train": dict(TRAIN), "seed_examples": 8},
         "laten": {"train": dict(TRAIN, weight_decay=0.05), "rate": 0.1, "rates": [0.1, 0.3], "extract_examples": 4,
                   "align_examples": 16, "val_examples": 8, "eval_every": 3},
     }}

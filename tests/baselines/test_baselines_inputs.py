@@ -55,6 +55,24 @@ def test_unlisted_seed_and_unknown_keys_are_refused(params, project):
     assert not (project / "out").exists()
 
 
+def test_seeking_rank_is_the_lora_rank_and_the_old_knob_is_refused_before_loading_models(params, project,
+                                                                                        monkeypatch):
+    """SEEKING's SVD rank initialises the LoRA adapters, so it is baselines.lora.r; the old
+    baselines.seeking.rank (which had to equal it by hand) fails naming baselines.lora.r
+    before any model is loaded."""
+    from pipeline.baselines import seeking
+
+    monkeypatch.setattr("pipeline.baselines.context.load_model", lambda *a, **k: pytest.fail("loaded a model"))
+    params["baselines"]["lora"]["r"] = 8
+    assert seeking.prepare(runner.make_context(params, "seeking", "toy", 0, project)).rank == 8
+    params["baselines"]["seeking"]["rank"] = 8
+    ctx = runner.make_context(params, "seeking", "toy", 0, project)
+    with pytest.raises(PipelineError, match=r"(?s)baselines\.seeking\.rank.*fix: delete baselines\.seeking\.rank; "
+                                            r"set baselines\.lora\.r \(now 8\)"):
+        runner.run(ctx, project / "out")
+    assert not (project / "out").exists()
+
+
 @pytest.mark.parametrize("method", ["kd", "hidden_kd"])
 def test_missing_cached_source_outputs_fail_before_loading_models(params, project, method, monkeypatch):
     shutil.rmtree(project / "artifacts" / "toy" / "source" / "transfer")
