@@ -113,9 +113,11 @@ def test_records_are_checked_before_any_work():
 
 
 def _stage(tmp_path: Path, tiny_dir: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(ROOT / "stages" / "evaluate.py"), *args, "--no-progress"],
+    """``python -m stages.evaluate ...`` run in ``tmp_path``, with this checkout's code."""
+    return subprocess.run([sys.executable, "-m", "stages.evaluate", *args, "--no-progress"],
                           cwd=tmp_path, capture_output=True, text=True, timeout=300,
-                          env={"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"})
+                          env={"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
+                               "PYTHONPATH": str(ROOT)})
 
 
 def test_evaluate_stage_writes_metrics_and_samples(tmp_path, tiny_dir, monkeypatch):
