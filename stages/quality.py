@@ -20,7 +20,7 @@ from pipeline.data import encoded_from_tensors
 from pipeline.errors import PipelineError
 from pipeline.heldout import Agreement
 from pipeline.loading import load_model
-from pipeline.params import check_seed, check_task, load_params, section, task_and_seed
+from pipeline.params import check_diagnostics_task, check_seed, check_task, load_params, section, task_and_seed
 from pipeline.quality import evenly_spaced, headline, layer_hits, shard_rows, stack_layers, state_pieces
 from pipeline.runner import run_stage
 from pipeline.supervision import aligned_logits_chunks, aligned_state, source_loader
@@ -37,6 +37,7 @@ def main() -> None:
     task, seed = task_and_seed(sys.argv[1:])
     params = load_params()
     check_task(params, task)
+    check_diagnostics_task(params, task)
     check_seed(params, seed)
     cfg = section(params, "quality")
     limit = int(cfg.get("max_positions", 0))
