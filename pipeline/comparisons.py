@@ -126,11 +126,16 @@ def _pp(v: float) -> str:
     return f"{100 * v:+.1f}"
 
 
-def _runs_and_baselines(models, method: str, untouched: tuple[str, ...]) -> tuple[list[str], list[str]]:
-    """The method's runs (``semalign-s0``...) and every other model but the untouched ones."""
-    runs = sorted(m for m in models if m == method or m.startswith(f"{method}-s"))
-    others = sorted(m for m in models if m not in runs and m not in untouched)
-    return runs, others
+def _pairings(keys, method: str, untouched: tuple[str, ...]) -> list[tuple[str, str, str]]:
+    """(group, run, baseline) from (model, group) keys: each run of ``method`` (``semalign-s0``...)
+    against every other model of the same group but the untouched ones."""
+    out = []
+    for group in sorted({g for _, g in keys}):
+        models = [m for m, g in keys if g == group]
+        runs = sorted(m for m in models if m == method or m.startswith(f"{method}-s"))
+        others = sorted(m for m in models if m not in runs and m not in untouched)
+        out += [(group, run, other) for run in runs for other in others]
+    return out
 
 
 def head_to_head(heldout_dir: str | Path, samples_dir: str | Path, method: str = "semalign",
@@ -140,28 +145,22 @@ def head_to_head(heldout_dir: str | Path, samples_dir: str | Path, method: str =
     per benchmark the paired accuracy test (``model_only``: items only ``method`` got right)."""
     records = heldout_records(heldout_dir)
     held = []
-    for task in sorted({t for _, t in records}):
-        runs, others = _runs_and_baselines([m for m, t in records if t == task], method, untouched)
-        for run in runs:
-            for other in others:
-                (ids, mine), (their_ids, theirs) = records[(run, task)], records[(other, task)]
-                if ids != their_ids:
-                    raise PipelineError(f"{run} and {other} were scored on different {task} validation examples",
-                                        f"re-run the heldout stages of {task} (`dvc repro`)")
-                held.append({"task": task, "run": run, "baseline": other, **difference(theirs, mine, n_boot=n_boot)})
+    for task, run, other in _pairings(records, method, untouched):
+        (ids, mine), (their_ids, theirs) = records[(run, task)], records[(other, task)]
+        if ids != their_ids:
+            raise PipelineError(f"{run} and {other} were scored on different {task} validation examples",
+                                f"re-run the heldout stages of {task} (`dvc repro`)")
+        held.append({"task": task, "run": run, "baseline": other, **difference(theirs, mine, n_boot=n_boot)})
     verdicts = benchmark_verdicts(samples_dir)
     bench = []
-    for name in sorted({b for _, b in verdicts}):
-        runs, others = _runs_and_baselines([m for m, b in verdicts if b == name], method, untouched)
-        for run in runs:
-            for other in others:
-                mine, theirs = verdicts[(run, name)], verdicts[(other, name)]
-                if set(mine) != set(theirs):
-                    raise PipelineError(f"{run} and {other} were evaluated on different {name} items",
-                                        f"re-run both evaluate stages for {name} with the same evaluation settings")
-                order = sorted(mine)
-                result = compare([theirs[i] for i in order], [mine[i] for i in order])
-                bench.append({"benchmark": name, "run": run, "baseline": other, **result.record()})
+    for name, run, other in _pairings(verdicts, method, untouched):
+        mine, theirs = verdicts[(run, name)], verdicts[(other, name)]
+        if set(mine) != set(theirs):
+            raise PipelineError(f"{run} and {other} were evaluated on different {name} items",
+                                f"re-run both evaluate stages for {name} with the same evaluation settings")
+        order = sorted(mine)
+        result = compare([theirs[i] for i in order], [mine[i] for i in order])
+        bench.append({"benchmark": name, "run": run, "baseline": other, **result.record()})
     return pd.DataFrame(held), pd.DataFrame(bench)
 
 
