@@ -21,7 +21,7 @@ from pipeline.core.data import encoded_from_tensors
 from pipeline.core.errors import PipelineError
 from pipeline.evaluation.heldout import Agreement
 from pipeline.core.loading import load_model
-from pipeline.core.params import check_seed, check_task, load_params, section, task_and_seed
+from pipeline.core.params import check_diagnostics_task, check_seed, check_task, load_params, section, task_and_seed
 from pipeline.method.quality import evenly_spaced, headline, layer_hits, shard_rows, stack_layers, state_pieces
 from pipeline.core.runner import run_stage
 from pipeline.method.supervision import aligned_logits_chunks, aligned_state, source_loader
@@ -38,6 +38,7 @@ def main() -> None:
     task, seed = task_and_seed(sys.argv[1:])
     params = load_params()
     check_task(params, task)
+    check_diagnostics_task(params, task)
     check_seed(params, seed)
     cfg = section(params, "quality")
     limit = int(cfg.get("max_positions", 0))

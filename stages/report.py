@@ -41,9 +41,10 @@ def run(args: argparse.Namespace) -> None:
     heldout = order_rows(comparisons.heldout_table(args.heldout_dir), source, preferred, "task")
     paired = order_rows(comparisons.paired_benchmarks(args.samples_dir), source, preferred, "benchmark")
     top = comparisons.headline(heldout, paired)
+    versus = comparisons.head_to_head(args.heldout_dir, args.samples_dir, untouched=(comparisons.REFERENCE, source))
     md = ((top + "\n" if top else "") + markdown(tab, source) + comparisons.heldout_markdown(heldout)
           + comparisons.paired_markdown(paired, comparisons.detectable(paired) if len(paired) else paired)
-          + budget_markdown(budgets))
+          + comparisons.head_to_head_markdown(*versus) + budget_markdown(budgets))
     with atomic_path(args.out_md) as tmp:
         tmp.write_text(md)
     with atomic_path(args.out_csv) as tmp:

@@ -322,10 +322,10 @@ def test_data_stage_refuses_a_bad_diagnostics_list_before_writing(tmp_path):
 
 
 def test_diagnostic_stages_loop_over_diagnostics_and_the_headline_over_tasks():
-    """curve and analysis are the optional diagnostics; quality (SemAlign's held-out KL in
-    `dvc exp show`) and every method stage run for every task."""
+    """quality, curve and analysis are the optional diagnostics; SemAlign's held-out records
+    (the headline) and every method stage run for every task."""
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
     per_task = {n: st["matrix"]["task"] for n, st in stages.items() if "task" in (st.get("matrix") or {})}
-    assert {n for n, v in per_task.items() if v == "${diagnostics}"} == {"curve", "analysis"}
-    assert per_task["quality"] == per_task["export"] == "${tasks}"
+    assert {n for n, v in per_task.items() if v == "${diagnostics}"} == {"quality", "curve", "analysis"}
+    assert per_task["heldout-semalign"] == per_task["export"] == "${tasks}"
     assert "diagnostics" in stages["data"]["do"]["params"]

@@ -314,3 +314,22 @@ def test_the_headline_has_every_semalign_run_and_no_other_method():
     assert top[2].endswith("(24 validation examples, 2000 positions)") and "0.2500 (target) -> 0.2300" in top[2]
     assert "(not significant)" in top[3] and "(not significant)" not in top[2]
     assert headline(heldout[heldout["model"] == "target"], paired.iloc[0:0]) == ""
+
+
+def test_semalign_against_each_baseline_on_the_same_items(paper_metrics, paired_inputs, tmp_path):
+    """SemAlign minus SFT, on held-out (KL 5/8 vs 7/8: -0.2500; top-1 8/8 vs 6/8: +25.0 points)
+    and MMLU (SemAlign alone right on 3 items, SFT alone on none: +30.0, p = 0.25). No row for
+    the target or the source, none pairing SemAlign with itself. Rejects a baseline-minus-SemAlign
+    sign and a baseline left out."""
+    samples, heldout = paired_inputs
+    write_samples(samples, "sft-s0", "mmlu", [True, False, True, False, True, True, True, False, True, False])
+    write_samples(samples, "source", "mmlu", [True] * 10)
+    write_heldout(heldout, "sft-s0", "mmlu", [2.0, 5.0], [1.0, 5.0], [2, 6])
+    status, out = run_report(tmp_path, paper_metrics, samples, heldout, tmp_path / "none.yaml")
+    assert status == 0
+    md = (out / "results.md").read_text()
+    section = md[md.index("### SemAlign against each baseline"):]
+    rows = [line for line in section.splitlines() if line.startswith("| mmlu")]
+    assert len(rows) == 2 and all("| semalign-s0 | sft-s0 |" in r for r in rows)
+    assert rows[0].startswith("| mmlu | semalign-s0 | sft-s0 | -0.2500 [") and "| +25.0 [" in rows[0]
+    assert "| 10 | +30.0 [" in rows[1] and "| 3 / 0 | 0.25, not significant |" in rows[1]

@@ -105,7 +105,7 @@ def train(
     every global batch. ``loss_fn`` must then be a mean over ``units`` (supervised positions,
     say, as every on-device baseline's loss is): each process's loss is weighted by its share
     of the batch's units times the number of processes, so the gradients averaged over the
-    processes after backward (what DDP does) are the single-process gradients of the whole
+    processes by DDP (through Accelerate) during backward are the single-process gradients of the whole
     batch, and the logged loss is the whole batch's.
     """
     from tqdm import tqdm
@@ -116,6 +116,7 @@ def train(
     opt = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay, betas=betas)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _schedule(len(steps), settings.warmup_ratio))
     log: list[dict[str, float]] = []
+    forward = shard.data_parallel(loss_fn, params)  # DDP over the processes; loss_fn alone in one
     bar = tqdm(steps, desc=desc, mininterval=5.0, leave=False)
     for step, batch in enumerate(bar, start=1):
         rows, weight = batch, 1.0
@@ -126,11 +127,10 @@ def train(
                                     "raise the method's train.batch_size or lower compute.processes")
             rows = torch.tensor_split(batch, shard.world)[shard.rank]
             weight = units(rows) * shard.world / max(units(batch), 1)
-        loss, parts = loss_fn(rows)
+        loss, parts = forward(rows)
         check_finite("loss", loss.detach(), desc)
         opt.zero_grad(set_to_none=True)
-        (loss * weight).backward()
-        shard.average_gradients(params)
+        (loss * weight).backward()  # under DDP the gradients arrive averaged over the processes
         grad_norm = torch.nn.utils.clip_grad_norm_(params, settings.grad_clip if settings.grad_clip else math.inf)
         opt.step()
         sched.step()

@@ -16,7 +16,7 @@ import contextlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Sequence, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence, TypeVar
 
 if TYPE_CHECKING:
     import torch
@@ -76,28 +76,35 @@ class Shard:
         dist.all_gather(received, torch.cat([rows.detach(), pad]))
         return torch.cat([rows if r == self.rank else received[r][:sizes[r]] for r in range(self.world)])
 
-    def average_gradients(self, params: Sequence["torch.Tensor"]) -> None:
-        """Replace every gradient by its mean over the processes (DDP's synchronisation, in one
-        all-reduce), for training loops that call model parts rather than a module's forward,
-        which DDP's wrapper needs to hook."""
+    def data_parallel(self, loss_fn: Callable[[Any], Any], params: Sequence["torch.Tensor"]) -> Callable[[Any], Any]:
+        """``loss_fn`` run through DistributedDataParallel (prepared by Accelerate) over
+        ``params``: the backward of what it returns averages their gradients over the
+        processes, bucketed and overlapped with the backward as DDP does. The loss functions
+        call model parts (a backbone, projections, hypernetworks) rather than one module's
+        forward, so the module DDP wraps holds the trained parameters themselves and its
+        forward is the loss. One process: ``loss_fn`` itself."""
         if self.world == 1:
-            return
+            return loss_fn
         import torch
-        import torch.distributed as dist
-        from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
+        from accelerate import Accelerator
+        from accelerate.utils import DistributedDataParallelKwargs
 
-        by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
-        for p in params:
-            if p.grad is None:
-                p.grad = torch.zeros_like(p)
-            by_dtype.setdefault(p.grad.dtype, []).append(p)
-        for group in by_dtype.values():
-            grads = [p.grad for p in group]
-            flat = _flatten_dense_tensors(grads)
-            dist.all_reduce(flat)
-            flat /= self.world
-            for p, g in zip(group, _unflatten_dense_tensors(flat, grads)):
-                p.grad = g
+        if not all(isinstance(p, torch.nn.Parameter) for p in params):
+            # a plain tensor would be copied into a new Parameter that the loss never touches
+            raise TypeError("data_parallel needs the trained tensors as nn.Parameter objects")
+
+        class Loss(torch.nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.trained = torch.nn.ParameterList(params)
+
+            def forward(self, batch):
+                return loss_fn(batch)
+
+        # unused: a loss term may skip some parameters in a step (LaTen's per-module deltas)
+        ddp = DistributedDataParallelKwargs(find_unused_parameters=True, broadcast_buffers=False)
+        accelerator = Accelerator(cpu=params[0].device.type == "cpu", device_placement=False, kwargs_handlers=[ddp])
+        return accelerator.prepare_model(Loss(), device_placement=False)
 
     def mean_weighted(self, values: dict[str, float], weight: float) -> dict[str, float]:
         """sum over processes of value * weight / world: with the weights of a data-parallel

@@ -36,8 +36,8 @@ def check_task(params: dict, task: str) -> None:
 
 
 def diagnostic_tasks(params: dict) -> list[str]:
-    """Tasks whose diagnostics run (params.yaml ``diagnostics``): the held-out curve after each
-    frontier stage and the analysis figures. Each must be one of ``tasks``."""
+    """Tasks whose diagnostics run (params.yaml ``diagnostics``): the per-layer agreement, the
+    held-out curve after each frontier stage and the analysis figures. Each must be one of ``tasks``."""
     listed, tasks = params.get("diagnostics", []), params.get("tasks") or []
     if not isinstance(listed, list) or not all(isinstance(t, str) for t in listed):
         raise PipelineError(f"diagnostics must be a list of task names, got {listed!r}",

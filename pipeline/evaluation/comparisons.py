@@ -7,6 +7,8 @@
 - Benchmarks (the evaluate stages' samples.jsonl): per benchmark, each model's per-item
   verdicts against the target's on the same questions: accuracy difference, Newcombe's
   paired 95 % interval and the exact McNemar test (``pipeline.evaluation.paired``).
+- Head to head: each SemAlign run against each baseline run with the same two measures, on
+  the same examples and items (SemAlign minus the baseline).
 
 Seeds: each seed's run is compared with the target on its own. A seed is a different model;
 pooling seeds per item would give fractional outcomes that McNemar's test does not cover. The
@@ -122,6 +124,68 @@ def detectable(paired: pd.DataFrame, power: float = POWER) -> pd.DataFrame:
 
 def _pp(v: float) -> str:
     return f"{100 * v:+.1f}"
+
+
+def _pairings(keys, method: str, untouched: tuple[str, ...]) -> list[tuple[str, str, str]]:
+    """(group, run, baseline) from (model, group) keys: each run of ``method`` (``semalign-s0``...)
+    against every other model of the same group but the untouched ones."""
+    out = []
+    for group in sorted({g for _, g in keys}):
+        models = [m for m, g in keys if g == group]
+        runs = sorted(m for m in models if m == method or m.startswith(f"{method}-s"))
+        others = sorted(m for m in models if m not in runs and m not in untouched)
+        out += [(group, run, other) for run in runs for other in others]
+    return out
+
+
+def head_to_head(heldout_dir: str | Path, samples_dir: str | Path, method: str = "semalign",
+                 untouched: tuple[str, ...] = (REFERENCE, "source"), n_boot: int = N_BOOT) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Each run of ``method`` against each baseline run on the same items, ``method`` minus the
+    baseline: held-out KL and top-1 with paired-bootstrap intervals (one row per task), and
+    per benchmark the paired accuracy test (``model_only``: items only ``method`` got right)."""
+    records = heldout_records(heldout_dir)
+    held = []
+    for task, run, other in _pairings(records, method, untouched):
+        (ids, mine), (their_ids, theirs) = records[(run, task)], records[(other, task)]
+        if ids != their_ids:
+            raise PipelineError(f"{run} and {other} were scored on different {task} validation examples",
+                                f"re-run the heldout stages of {task} (`dvc repro`)")
+        held.append({"task": task, "run": run, "baseline": other, **difference(theirs, mine, n_boot=n_boot)})
+    verdicts = benchmark_verdicts(samples_dir)
+    bench = []
+    for name, run, other in _pairings(verdicts, method, untouched):
+        mine, theirs = verdicts[(run, name)], verdicts[(other, name)]
+        if set(mine) != set(theirs):
+            raise PipelineError(f"{run} and {other} were evaluated on different {name} items",
+                                f"re-run both evaluate stages for {name} with the same evaluation settings")
+        order = sorted(mine)
+        result = compare([theirs[i] for i in order], [mine[i] for i in order])
+        bench.append({"benchmark": name, "run": run, "baseline": other, **result.record()})
+    return pd.DataFrame(held), pd.DataFrame(bench)
+
+
+def head_to_head_markdown(held: pd.DataFrame, bench: pd.DataFrame) -> str:
+    if held.empty and bench.empty:
+        return ""
+    lines = ["", "### SemAlign against each baseline on the same items", ""]
+    if not held.empty:
+        lines += ["| task | SemAlign run | baseline | Δ KL [95% CI] | Δ top-1 [95% CI] |", "|---|---|---|---|---|"]
+        for _, r in held.iterrows():
+            lines.append(f"| {r['task']} | {r['run']} | {r['baseline']} | {r['kl_diff']:+.4f} [{r['kl_diff_low']:+.4f}, "
+                         f"{r['kl_diff_high']:+.4f}]{_verdict(r['kl_diff_low'], r['kl_diff_high'])} | "
+                         f"{_pp(r['top1_diff'])} [{_pp(r['top1_diff_low'])}, {_pp(r['top1_diff_high'])}] pp |")
+        lines += ["", "Held out: Δ = SemAlign − baseline on the same validation examples (negative KL: SemAlign is "
+                  f"closer to the source); paired bootstrap over examples ({N_BOOT} resamples).", ""]
+    if not bench.empty:
+        lines += ["| benchmark | SemAlign run | baseline | n | Δ accuracy [95% CI] | SemAlign-only / baseline-only right "
+                  "| exact McNemar p |", "|---|---|---|---|---|---|---|"]
+        for _, r in bench.iterrows():
+            lines.append(f"| {r['benchmark']} | {r['run']} | {r['baseline']} | {int(r['n'])} | {_pp(r['diff'])} "
+                         f"[{_pp(r['ci_low'])}, {_pp(r['ci_high'])}] pp | {int(r['model_only'])} / "
+                         f"{int(r['target_only'])} | {r['p']:.3g}{'' if r['significant'] else ', not significant'} |")
+        lines += ["", "Benchmarks: Δ = SemAlign − baseline accuracy on the same items; Newcombe's paired interval, "
+                  "two-sided exact McNemar; no multiplicity correction."]
+    return "\n".join(lines) + "\n"
 
 
 def heldout_markdown(tab: pd.DataFrame, reference: str = REFERENCE) -> str:
