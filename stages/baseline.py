@@ -13,7 +13,7 @@ import argparse
 import sys
 
 from pipeline.compute import launch
-from pipeline.baselines import METHODS, ON_DEVICE
+from pipeline.baselines import METHODS
 from pipeline.compute.placement import place
 from pipeline.core.params import load_params
 from pipeline.core.runner import CostTag, run_stage
@@ -33,8 +33,7 @@ def main(args: argparse.Namespace) -> None:
     params = load_params()
     ctx = runner.make_context(params, args.method, args.task, args.seed)
     name = f"baseline-{args.method}@{args.task}-s{args.seed}"
-    ctx.placement = place(params, name) if args.method in ON_DEVICE else place(
-        params, name, uses_device=False, why_cpu=f"{args.method}'s locate/sensitivity code is CPU-only")
+    ctx.placement = place(params, name)
     out = runner.output_dir(".", args.task, args.method, args.seed)
     cost = runner.run(ctx, out, runner.live_dir(".", args.task, args.method, args.seed))
     if cost is not None:
@@ -43,9 +42,6 @@ def main(args: argparse.Namespace) -> None:
 
 if __name__ == "__main__":
     ARGS = parse(sys.argv[1:])
-    if ARGS.method in ON_DEVICE:
-        launch.data_parallel("stages.baseline")
-    else:
-        launch.one_process("stages.baseline")
+    launch.data_parallel("stages.baseline")
     run_stage(f"baseline-{ARGS.method}@{ARGS.task}-s{ARGS.seed}", lambda: main(ARGS),
               CostTag(ARGS.method, ARGS.task, ARGS.seed))

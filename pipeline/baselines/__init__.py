@@ -20,9 +20,6 @@ from pipeline.core.errors import PipelineError
 
 METHODS = ("sft", "kd", "hidden_kd", "seeking", "laten")
 USES_SOURCE_MODEL = ("seeking", "laten")  # the others read cached source outputs only
-# Methods whose training runs on compute.device and data-parallel over compute.processes; SEEKING's
-# sensitivity windows and LaTen's locate/translate steps are CPU code (float64 SVDs, index maps).
-ON_DEVICE = ("sft", "kd", "hidden_kd")
 
 
 def method_module(name: str) -> ModuleType:

@@ -83,6 +83,11 @@ class Context:
         return self.placement.device if self.placement else "cpu"
 
     @property
+    def train_dtype(self) -> torch.dtype:
+        """The dtype of weights a method trains itself (projections, hypernetworks) and their optimiser state."""
+        return self.placement.torch_train_dtype if self.placement else torch.float32
+
+    @property
     def shard(self) -> Shard:
         return self.placement.shard if self.placement else SINGLE
 

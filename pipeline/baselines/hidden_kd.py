@@ -95,7 +95,7 @@ def run(ctx: Context, s: HiddenKDSettings) -> Result:
         model = lora.attach(ctx.load_target(), ctx.common.lora)
     adapter = ModelAdapter(model.get_base_model())
     # Trained from scratch: in the training precision, fed the states cast to it.
-    proj_dtype = ctx.placement.torch_train_dtype if ctx.placement else torch.float32
+    proj_dtype = ctx.train_dtype
     proj = projections(pairs, adapter.width, d_source).to(adapter.lm_head.device, proj_dtype)
     outputs = BlockOutputs(adapter, pairs)
 

@@ -28,7 +28,8 @@ from pipeline.baselines.context import Context, Result, trim
 from pipeline.baselines.losses import supervised_ce
 from pipeline.core.data import EncodedSplit
 from pipeline.core.errors import PipelineError
-from pipeline.baselines.training import TrainSettings, plan, train
+from pipeline.baselines.training import TrainSettings, plan, positions, train
+from pipeline.compute.parallel import SINGLE, Shard
 
 MODULES = ("up", "down", "v", "o")
 ROWS = {"up": True, "v": True, "down": False, "o": False}  # units are rows (True) or columns of the weight
@@ -112,6 +113,7 @@ class Transfer:
     def __init__(self, source: nn.Module, target: nn.Module, src: locate.Attribution, tgt: locate.Attribution,
                  s: LatenSettings) -> None:
         sa, ta = ModelAdapter(source), ModelAdapter(target)
+        home = ta.lm_head.device  # translators, vectors and slots live beside the target
         top = max((s.rate, *s.rates))
         self.vectors: dict[Key, torch.Tensor] = {}  # (n_max, D_s), source units best first
         self.slots: dict[Key, torch.Tensor] = {}  # (n_max,) target unit indices, best first
@@ -127,8 +129,8 @@ class Transfer:
                 units_t = getattr(tgt, f"{UNITS[m]}_units")[k]
                 n = unit_count(top, units_t.numel(), units_s.numel())
                 pick = locate.ranked(units_s)[:n]
-                self.vectors[(k, m)] = (w_s[pick] if ROWS[m] else w_s[:, pick].T).clone()
-                self.slots[(k, m)] = locate.ranked(units_t)[:n]
+                self.vectors[(k, m)] = (w_s[pick.to(w_s.device)] if ROWS[m] else w_s[:, pick.to(w_s.device)].T).to(home)
+                self.slots[(k, m)] = locate.ranked(units_t)[:n].to(ta.linear(k, m).weight.device)
                 self.n_target_units[(k, m)] = units_t.numel()
                 self.n_source_units[(k, m)] = units_s.numel()
         self.widths = (sa.width, s.hidden or sa.width, ta.width)
@@ -141,9 +143,12 @@ class Transfer:
         return min(self.vectors[key].shape[0], unit_count(self.rate, self.n_target_units[key], self.n_source_units[key]))
 
     def init_translators(self, init_std: float, dtype: torch.dtype) -> None:
-        """One fresh translator per module kind (seeded by the caller), in the target's dtype."""
+        """One fresh translator per module kind (seeded by the caller), in ``dtype`` (the training
+        dtype: the selected source vectors are float32), beside the vectors."""
         modules = sorted({m for _, m in self.vectors}, key=MODULES.index)
-        self.translators = nn.ModuleDict({m: Translator(*self.widths, init_std) for m in modules}).to(dtype)
+        device = next(iter(self.vectors.values())).device
+        translators = nn.ModuleDict({m: Translator(*self.widths, init_std) for m in modules})
+        self.translators = translators.to(device, dtype)
 
     def refresh(self) -> dict[str, torch.Tensor]:
         """Translate the selected vectors at the current rate (one pass per module kind);
@@ -177,6 +182,7 @@ class AddDeltas(nn.Module):
         t, key = self._transfer, self._key
         delta = t.deltas[key].to(weight.dtype)
         idx = t.slots[key][: delta.shape[0]]
+        delta = delta.to(weight.device)  # a spread target: this block may sit on another GPU
         return weight.index_add(0, idx, delta) if ROWS[key[1]] else weight.index_add(1, idx, delta.T)
 
 
@@ -205,20 +211,27 @@ def merge(target: nn.Module, transfer: Transfer, save_dtype: torch.dtype) -> int
 
 
 @torch.no_grad()
-def validation_loss(adapter: ModelAdapter, data: EncodedSplit, batch_size: int) -> float:
-    """Mean CE over all supervised positions of ``data`` (position-weighted across batches)."""
-    total, count = 0.0, 0
-    for start in range(0, len(data.input_ids), batch_size):
+def validation_loss(adapter: ModelAdapter, data: EncodedSplit, batch_size: int, shard: Shard = SINGLE) -> float:
+    """Mean CE over all supervised positions of ``data`` (position-weighted across batches).
+    Data parallel: each process scores every world-th batch; the batch sums are added in
+    batch order on every process, so all get the one-process number."""
+    starts = range(0, len(data.input_ids), batch_size)
+    pieces = []
+    for i, start in shard.mine(starts):
         ids, mask, sup = trim(data, torch.arange(start, min(start + batch_size, len(data.input_ids))))
         n = int(sup.sum())
+        ce = float(supervised_ce(adapter.supervised_logits(ids, mask, sup), ids, sup)) if n else 0.0
+        pieces.append((i, ce * n, n))
+    total, count = 0.0, 0
+    for _, ce_sum, n in sorted(p for part in shard.all_gather(pieces) for p in part):
         if n:
-            total += float(supervised_ce(adapter.supervised_logits(ids, mask, sup), ids, sup)) * n
+            total += ce_sum
             count += n
     return total / max(count, 1)
 
 
 def select(adapter: ModelAdapter, transfer: Transfer, checkpoints: dict[int, dict], rates: tuple[float, ...],
-           validation: EncodedSplit, batch_size: int) -> tuple[int, float, list[dict]]:
+           validation: EncodedSplit, batch_size: int, shard: Shard = SINGLE) -> tuple[int, float, list[dict]]:
     """The (checkpoint step, rate) with the lowest validation loss, and the whole table."""
     table = []
     for step, state in checkpoints.items():
@@ -227,7 +240,8 @@ def select(adapter: ModelAdapter, transfer: Transfer, checkpoints: dict[int, dic
             transfer.rate = rate
             with torch.no_grad():
                 transfer.refresh()
-            table.append({"step": step, "rate": rate, "val_loss": validation_loss(adapter, validation, batch_size)})
+            table.append({"step": step, "rate": rate,
+                          "val_loss": validation_loss(adapter, validation, batch_size, shard)})
     best = min(table, key=lambda row: row["val_loss"])
     return best["step"], best["rate"], table
 
@@ -248,9 +262,9 @@ def run(ctx: Context, s: LatenSettings) -> Result:
     gc.collect()
     adapter = ModelAdapter(target)
     with ctx.cost.phase("select"):
-        target_val = validation_loss(adapter, validation, s.train.batch_size)  # reference: no injection
+        target_val = validation_loss(adapter, validation, s.train.batch_size, ctx.shard)  # reference: no injection
     torch.manual_seed(ctx.seed)
-    transfer.init_translators(s.init_std, adapter.lm_head.dtype)
+    transfer.init_translators(s.init_std, ctx.train_dtype)
     install(target, transfer)
 
     def loss_fn(rows: torch.Tensor):
@@ -271,9 +285,10 @@ def run(ctx: Context, s: LatenSettings) -> Result:
     transfer.rate = s.rate
     with ctx.cost.phase("align"):
         log = train(list(transfer.translators.parameters()), steps, loss_fn, s.train,
-                    f"laten {ctx.task} s{ctx.seed}", on_step=keep, betas=(0.9, 0.95))
+                    f"laten {ctx.task} s{ctx.seed}", on_step=keep, betas=(0.9, 0.95), shard=ctx.shard,
+                    units=positions(align))
     with ctx.cost.phase("select"):
-        step, rate, table = select(adapter, transfer, checkpoints, s.rates, validation, s.train.batch_size)
+        step, rate, table = select(adapter, transfer, checkpoints, s.rates, validation, s.train.batch_size, ctx.shard)
     transfer.translators.load_state_dict(checkpoints[step])
     transfer.rate = rate
     selection = transfer.selection()

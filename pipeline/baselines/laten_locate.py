@@ -65,6 +65,7 @@ class Capture:
 def capture(model: nn.Module, data: EncodedSplit, positions: torch.Tensor, batch_size: int = 8) -> Capture:
     adapter = ModelAdapter(model)
     n = adapter.n_layers
+    home = adapter.lm_head.device  # where the logit lens reads them (a spread model's blocks sit elsewhere)
     store: dict[str, list[list[torch.Tensor]]] = {f: [[] for _ in range(n)] for f in Capture.__dataclass_fields__}
     current: dict[str, torch.Tensor] = {}
 
@@ -75,7 +76,8 @@ def capture(model: nn.Module, data: EncodedSplit, positions: torch.Tensor, batch
             else:
                 x = rest[-1]
                 x = x[0] if isinstance(x, tuple) else x
-            store[field][k - 1].append(x[torch.arange(x.shape[0]), current["t"]].float())
+            at = x[torch.arange(x.shape[0], device=x.device), current["t"].to(x.device)]
+            store[field][k - 1].append(at.float().to(home))
 
         return hook
 
@@ -136,17 +138,17 @@ def unit_importance(adapter: ModelAdapter, residual: torch.Tensor, coeff: torch.
     """Mean over examples of log p(w | r + c_i * col_i) - log p(w | r), for every unit i.
 
     residual (N, D); coeff (N, U) the units' activations; columns (D, U) the write vectors;
-    vocab_size: see :func:`readout_vocab`.
+    vocab_size: see :func:`readout_vocab`. Computed where the model is; returned on the CPU.
     """
-    total = torch.zeros(coeff.shape[1], dtype=torch.float64)
-    cols = columns.float().T  # (U, D)
+    total = torch.zeros(coeff.shape[1], dtype=torch.float64, device=residual.device)
+    cols = columns.float().T.to(residual.device)  # (U, D)
     for r, c, wi in zip(residual, coeff, w):
         vocab = readout_vocab(adapter, r, wi, vocab_size)
         base = log_prob(adapter, r, wi, vocab)
         for s in range(0, cols.shape[0], UNIT_CHUNK):
             states = r + c[s:s + UNIT_CHUNK, None] * cols[s:s + UNIT_CHUNK]
             total[s:s + UNIT_CHUNK] += (log_prob(adapter, states, wi, vocab) - base).double()
-    return (total / len(residual)).float()
+    return (total / len(residual)).float().cpu()
 
 
 @dataclass
@@ -188,7 +190,8 @@ def attribute(model: nn.Module, data: EncodedSplit, tokenizer, n_keep: int, voca
     unit importances for the kept blocks only (the expensive part: one logit lens per unit)."""
     adapter = ModelAdapter(model)
     positions, w = answer_positions(tokenizer, data)
-    cap = capture(model, data, positions)
+    w = w.to(adapter.lm_head.device)
+    cap = capture(model, data, positions.to(data.input_ids.device))
     attn_layer, ffn_layer = [], []
     for k in range(adapter.n_layers):
         r_attn = cap.block_in[k]

@@ -32,6 +32,7 @@ from pipeline.baselines.sft import finetune
 from pipeline.core.data import EncodedSplit
 from pipeline.core.errors import PipelineError
 from pipeline.baselines.training import TrainSettings
+from pipeline.compute.parallel import SINGLE, Shard
 
 KEYS = {"train", "seed_examples", "modules"}
 SEED_SPLIT = "transfer"  # where the seed examples come from (pipeline.evaluation.budget caps by its size)
@@ -71,26 +72,36 @@ def prepare(ctx: Context) -> SeekingSettings:
 
 
 # --- 1. sensitivity -------------------------------------------------------------------------
-def example_losses(model: nn.Module, data: EncodedSplit):
-    """Yield each example's mean CE on its supervised positions (batch of one: |.| is per example)."""
+def example_losses(model: nn.Module, data: EncodedSplit, shard: Shard = SINGLE):
+    """Yield the mean CE on its supervised positions of each example this process takes (batch
+    of one: |.| is per example), with a progress bar."""
+    from tqdm import tqdm
+
     adapter = ModelAdapter(model)
-    for i in range(len(data.input_ids)):
+    mine = [i for i, _ in shard.mine(range(len(data.input_ids)))]
+    for i in tqdm(mine, desc="seeking sensitivity", mininterval=5.0, leave=False):
         ids, mask, sup = trim(data, torch.tensor([i]))
         if sup.any():
             yield supervised_ce(adapter.supervised_logits(ids, mask, sup), ids, sup)
 
 
-def sensitivity(model: nn.Module, data: EncodedSplit, roles: tuple[str, ...]) -> tuple[list[float], dict[Key, torch.Tensor]]:
+def sensitivity(model: nn.Module, data: EncodedSplit, roles: tuple[str, ...], shard: Shard = SINGLE
+                ) -> tuple[list[float], dict[Key, torch.Tensor]]:
     """Block scores (all block parameters) and per-weight fp32 sensitivities of the ``roles`` matrices.
 
     Every gradient is folded into its block's buffers by a post-accumulate hook and freed
     at once, so no full-model gradient exists at any time; only block parameters take part
-    (embedding and LM head gradients, V x D each, are never formed).
+    (embedding and LM head gradients, V x D each, are never formed). Data parallel
+    (``shard``): each process takes every world-th example and the sums are added over the
+    processes; the per-example terms are independent, so only the order of float additions
+    differs from one process.
     """
     adapter = ModelAdapter(model)
-    scores = [0.0] * adapter.n_layers
-    per_weight: dict[Key, torch.Tensor] = {}
-    wanted = {id(adapter.linear(k, r).weight): (k, r) for k in range(1, adapter.n_layers + 1) for r in roles}
+    weights = {(k, r): adapter.linear(k, r).weight for k in range(1, adapter.n_layers + 1) for r in roles}
+    wanted = {id(w): key for key, w in weights.items()}
+    # on each weight's own device: a source spread over GPUs keeps its sensitivities beside it
+    per_weight = {key: torch.zeros(w.shape, dtype=torch.float32, device=w.device) for key, w in weights.items()}
+    block_sums = torch.zeros(adapter.n_layers, dtype=torch.float64)
     was = {p: p.requires_grad for p in model.parameters()}
     for p in model.parameters():
         p.requires_grad_(False)
@@ -99,13 +110,10 @@ def sensitivity(model: nn.Module, data: EncodedSplit, roles: tuple[str, ...]) ->
     def fold(k: int):
         def hook(p: torch.Tensor) -> None:
             s = (p.detach().float() * p.grad.float()).abs()
-            scores[k - 1] += float(s.sum(dtype=torch.float64))
+            block_sums[k - 1] += float(s.sum(dtype=torch.float64))
             key = wanted.get(id(p))
             if key is not None:
-                if key in per_weight:
-                    per_weight[key] += s
-                else:
-                    per_weight[key] = s
+                per_weight[key] += s
             p.grad = None
 
         return hook
@@ -115,14 +123,15 @@ def sensitivity(model: nn.Module, data: EncodedSplit, roles: tuple[str, ...]) ->
             p.requires_grad_(True)
             handles.append(p.register_post_accumulate_grad_hook(fold(k)))
     try:
-        for loss in example_losses(model, data):
+        for loss in example_losses(model, data, shard):
             loss.backward()
     finally:
         for h in handles:
             h.remove()
         for p, flag in was.items():
             p.requires_grad_(flag)
-    return scores, per_weight
+    shard.all_sum([block_sums, *per_weight.values()])
+    return block_sums.tolist(), per_weight
 
 
 # --- 2. layers ------------------------------------------------------------------------------
@@ -175,18 +184,20 @@ def svd_factors(block: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Ten
     return b, a
 
 
-def extract_factors(source: nn.Module, target: nn.Module, seed_data: EncodedSplit, s: SeekingSettings
-                    ) -> tuple[dict[Key, tuple[torch.Tensor, torch.Tensor]], dict]:
-    """Steps 1-4: (B, A) per (target block, module) and a record of the choices."""
+def extract_factors(source: nn.Module, target: nn.Module, seed_data: EncodedSplit, s: SeekingSettings,
+                    shard: Shard = SINGLE) -> tuple[dict[Key, tuple[torch.Tensor, torch.Tensor]], dict]:
+    """Steps 1-4: (B, A) per (target block, module), on the CPU, and a record of the choices.
+    The sensitivity pass is data parallel over ``shard``; windows and SVDs (float64, one
+    matrix at a time) run on the CPU in every process, which all get the same factors."""
     src, tgt = ModelAdapter(source), ModelAdapter(target)
-    scores, sens = sensitivity(source, seed_data, s.modules)
+    scores, sens = sensitivity(source, seed_data, s.modules, shard)
     layers = select_layers(scores, tgt.n_layers)
     factors = {}
     for k, l in enumerate(layers, start=1):
         for role in s.modules:
-            weight = src.linear(l, role).weight.detach()
+            weight = src.linear(l, role).weight.detach().cpu()
             shape = tuple(tgt.linear(k, role).weight.shape)
-            factors[(k, role)] = svd_factors(extract_block(weight, sens.pop((l, role)), shape), s.rank)
+            factors[(k, role)] = svd_factors(extract_block(weight, sens.pop((l, role)).cpu(), shape), s.rank)
     record = {"layer_scores": scores, "source_layers": layers, "modules": list(s.modules), "rank": s.rank}
     return factors, record
 
@@ -198,9 +209,8 @@ def inject(peft_model, factors: dict[Key, tuple[torch.Tensor, torch.Tensor]], sc
     for (k, role), (b, a) in factors.items():
         layer = lora.lora_layer(peft_model, k, role)
         base = layer.get_base_layer().weight
-        delta = (scale * (b @ a)).to(base.dtype)
-        base.sub_(delta)
-        layer.lora_A["default"].weight.copy_(a.to(base.dtype))
+        base.sub_((scale * (b @ a)).to(base.device, base.dtype))
+        layer.lora_A["default"].weight.copy_(a.to(base.dtype))  # copy_ moves it to the adapter's device
         layer.lora_B["default"].weight.copy_(b.to(base.dtype))
 
 
@@ -211,7 +221,7 @@ def run(ctx: Context, s: SeekingSettings) -> Result:
     with ctx.cost.phase("load"):
         source, target = ctx.load_source(), ctx.load_target()
     with ctx.cost.phase("extract"):
-        factors, record = extract_factors(source, target, seed_data, s)
+        factors, record = extract_factors(source, target, seed_data, s, ctx.shard)
     del source
     gc.collect()
     model = lora.attach(target, ctx.common.lora)

@@ -119,6 +119,16 @@ class Shard:
         dist.all_reduce(t, group=self.group)
         return dict(zip(keys, t.tolist()))
 
+    def all_sum(self, tensors: Sequence["torch.Tensor"]) -> None:
+        """Sum each tensor over the processes, in place, on every process: through the group's
+        own backend for GPU tensors (NCCL), through the gloo group for CPU ones."""
+        if self.world == 1:
+            return
+        import torch.distributed as dist
+
+        for t in tensors:
+            dist.all_reduce(t, group=self.group if t.device.type == "cpu" else None)
+
     def broadcast(self, obj: Any) -> Any:
         """The main process's ``obj`` on every process."""
         if self.world == 1:

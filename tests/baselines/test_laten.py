@@ -108,9 +108,9 @@ def test_checkpoint_and_rate_are_chosen_on_validation_only(params, project, monk
     seen: list[set[str]] = []
     real = laten.validation_loss
 
-    def spy(adapter, data, batch_size):
+    def spy(adapter, data, batch_size, shard):
         seen.append(set(data.ids))
-        return real(adapter, data, batch_size)
+        return real(adapter, data, batch_size, shard)
 
     monkeypatch.setattr(laten, "validation_loss", spy)
     _, log = run_laten(params, project)
