@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.timed_run import DONE
+from benchmarks.timed_run import DONE, best_of
 from pipeline.core.adapter import ModelAdapter
 from pipeline.method.alignment import alignment_map
 from pipeline.core.artifacts import save_tensors
@@ -30,15 +30,6 @@ from pipeline.core.loading import load_model, load_tokenizer
 from pipeline.method.pairing import base_map
 from pipeline.method.supervision import fisher_stats
 from pipeline.tasks import builder
-
-
-def best_of(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def extraction_ratio(source: Path, n: int, batch: int, repeats: int) -> None:

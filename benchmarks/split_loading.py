@@ -25,19 +25,10 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable
 
+from benchmarks.timed_run import best_of
 from pipeline.core.data import SPLITS, read_jsonl, write_jsonl
 from pipeline.tasks import builder
-
-
-def best_of(fn: Callable[[], object], repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def import_seconds(module: str, repeats: int = 3) -> float:

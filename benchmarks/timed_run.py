@@ -21,9 +21,20 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 RUNNING = re.compile(r"Running stage '(?P<stage>[^']+)'")
 DONE = re.compile(r"\[(?P<stage>[^\]]+)\] done in (?P<work>[\d.]+) s, peak RSS (?P<rss>\d+) MB")
+
+
+def best_of(fn: Callable[[], object], repeats: int) -> float:
+    """The fastest of ``repeats`` calls of ``fn``, in seconds (the least disturbed by other work)."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
 
 
 def stage_rows(lines: list[tuple[float, str]], end: float) -> list[dict]:
