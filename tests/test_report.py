@@ -333,3 +333,22 @@ def test_semalign_against_each_baseline_on_the_same_items(paper_metrics, paired_
     assert len(rows) == 2 and all("| semalign-s0 | sft-s0 |" in r for r in rows)
     assert rows[0].startswith("| mmlu | semalign-s0 | sft-s0 | -0.2500 [") and "| +25.0 [" in rows[0]
     assert "| 10 | +30.0 [" in rows[1] and "| 3 / 0 | 0.25, not significant |" in rows[1]
+
+
+def test_records_that_do_not_pair_are_refused_naming_both_models(paired_inputs):
+    """Held-out records on other validation examples, samples on other items: each comparison
+    (with the target, and SemAlign against a baseline) names the two models and the counts."""
+    from pipeline.evaluation.comparisons import head_to_head, heldout_table, paired_benchmarks
+
+    samples, heldout = paired_inputs
+    write_heldout(heldout, "sft-s0", "mmlu", [2.0], [1.0], [2])  # one example short
+    with pytest.raises(PipelineError, match="sft-s0 and target were scored on different mmlu validation examples"):
+        heldout_table(heldout)
+    with pytest.raises(PipelineError, match="semalign-s0 and sft-s0 were scored on different mmlu validation"):
+        head_to_head(heldout, samples)
+    (heldout / "sft-s0" / "mmlu.json").unlink()
+    write_samples(samples, "sft-s0", "mmlu", [True] * 9)  # one item short
+    with pytest.raises(PipelineError, match=r"sft-s0 and target were evaluated on different mmlu items \(9 vs 10\)"):
+        paired_benchmarks(samples)
+    with pytest.raises(PipelineError, match=r"semalign-s0 and sft-s0 were evaluated on different mmlu items \(10 vs 9\)"):
+        head_to_head(heldout, samples)

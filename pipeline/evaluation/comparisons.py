@@ -50,6 +50,15 @@ def heldout_records(directory: str | Path) -> dict[tuple[str, str], tuple[list[s
     return out
 
 
+def _heldout_pair(records: dict, model: str, other: str, task: str, n_boot: int) -> dict:
+    """``model`` minus ``other`` on the same validation examples of ``task`` (paired bootstrap)."""
+    (ids, mine), (their_ids, theirs) = records[(model, task)], records[(other, task)]
+    if ids != their_ids:
+        raise PipelineError(f"{model} and {other} were scored on different {task} validation examples",
+                            f"re-run the heldout stages of {task} (`dvc repro`)")
+    return difference(theirs, mine, n_boot=n_boot)
+
+
 def heldout_table(directory: str | Path, reference: str = REFERENCE, n_boot: int = N_BOOT) -> pd.DataFrame:
     """One row per (task, model): mean KL and top-1, and for every model but the reference the
     difference to it with its paired interval. Empty when no held-out records exist."""
@@ -59,14 +68,10 @@ def heldout_table(directory: str | Path, reference: str = REFERENCE, n_boot: int
         row = {"task": task, "model": model, "kl": agreement.mean_kl, "top1": agreement.mean_top1,
                "examples": int((agreement.positions > 0).sum()), "positions": int(agreement.positions.sum())}
         if model != reference:
-            ref = records.get((reference, task))
-            if ref is None:
+            if (reference, task) not in records:
                 raise PipelineError(f"held-out records of {model} on {task} have no untouched-target record to pair "
                                     "with", f"run the heldout-target stage for {task} (`dvc repro`)")
-            if ref[0] != ids:
-                raise PipelineError(f"{model} and {reference} were scored on different {task} validation examples",
-                                    f"re-run the heldout stages of {task} (`dvc repro`)")
-            row.update({k: v for k, v in difference(ref[1], agreement, n_boot=n_boot).items()
+            row.update({k: v for k, v in _heldout_pair(records, model, reference, task, n_boot).items()
                         if k not in ("examples", "positions")})
         rows.append(row)
     return pd.DataFrame(rows)
@@ -90,22 +95,27 @@ def benchmark_verdicts(directory: str | Path) -> dict[tuple[str, str], dict[str,
     return out
 
 
+def _benchmark_pair(verdicts: dict, model: str, other: str, bench: str) -> dict:
+    """``model`` against ``other`` on the same items of ``bench`` (``model_only``: items only
+    ``model`` got right): accuracy difference, paired interval, exact McNemar test."""
+    mine, theirs = verdicts[(model, bench)], verdicts[(other, bench)]
+    if set(mine) != set(theirs):
+        raise PipelineError(f"{model} and {other} were evaluated on different {bench} items "
+                            f"({len(mine)} vs {len(theirs)})",
+                            f"re-run both evaluate stages for {bench} with the same evaluation settings")
+    order = sorted(theirs)
+    return compare([theirs[i] for i in order], [mine[i] for i in order]).record()
+
+
 def paired_benchmarks(directory: str | Path, reference: str = REFERENCE) -> pd.DataFrame:
     """One row per (benchmark, model other than the reference): the paired comparison with the
     reference on the same items. Empty when the reference has no samples."""
     verdicts = benchmark_verdicts(directory)
     rows = []
     for (model, bench), items in sorted(verdicts.items(), key=lambda kv: (kv[0][1], kv[0][0])):
-        ref = verdicts.get((reference, bench))
-        if model == reference or ref is None:
+        if model == reference or (reference, bench) not in verdicts:
             continue
-        if set(ref) != set(items):
-            raise PipelineError(f"{model} and {reference} were evaluated on different {bench} items "
-                                f"({len(items)} vs {len(ref)})",
-                                f"re-run both evaluate stages for {bench} with the same evaluation settings")
-        order = sorted(ref)
-        result = compare([ref[i] for i in order], [items[i] for i in order])
-        rows.append({"benchmark": bench, "model": model, **result.record()})
+        rows.append({"benchmark": bench, "model": model, **_benchmark_pair(verdicts, model, reference, bench)})
     return pd.DataFrame(rows)
 
 
@@ -144,23 +154,11 @@ def head_to_head(heldout_dir: str | Path, samples_dir: str | Path, method: str =
     baseline: held-out KL and top-1 with paired-bootstrap intervals (one row per task), and
     per benchmark the paired accuracy test (``model_only``: items only ``method`` got right)."""
     records = heldout_records(heldout_dir)
-    held = []
-    for task, run, other in _pairings(records, method, untouched):
-        (ids, mine), (their_ids, theirs) = records[(run, task)], records[(other, task)]
-        if ids != their_ids:
-            raise PipelineError(f"{run} and {other} were scored on different {task} validation examples",
-                                f"re-run the heldout stages of {task} (`dvc repro`)")
-        held.append({"task": task, "run": run, "baseline": other, **difference(theirs, mine, n_boot=n_boot)})
+    held = [{"task": task, "run": run, "baseline": other, **_heldout_pair(records, run, other, task, n_boot)}
+            for task, run, other in _pairings(records, method, untouched)]
     verdicts = benchmark_verdicts(samples_dir)
-    bench = []
-    for name, run, other in _pairings(verdicts, method, untouched):
-        mine, theirs = verdicts[(run, name)], verdicts[(other, name)]
-        if set(mine) != set(theirs):
-            raise PipelineError(f"{run} and {other} were evaluated on different {name} items",
-                                f"re-run both evaluate stages for {name} with the same evaluation settings")
-        order = sorted(mine)
-        result = compare([theirs[i] for i in order], [mine[i] for i in order])
-        bench.append({"benchmark": name, "run": run, "baseline": other, **result.record()})
+    bench = [{"benchmark": name, "run": run, "baseline": other, **_benchmark_pair(verdicts, run, other, name)}
+             for name, run, other in _pairings(verdicts, method, untouched)]
     return pd.DataFrame(held), pd.DataFrame(bench)
 
 
