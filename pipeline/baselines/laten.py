@@ -255,8 +255,8 @@ def run(ctx: Context, s: LatenSettings) -> Result:
         source, target = ctx.load_source(), ctx.load_target()
     n_target = ModelAdapter(target).n_layers
     with ctx.cost.phase("locate"):
-        src_attr = locate.attribute(source, extract, tok, n_target, s.attribution_vocab)
-        tgt_attr = locate.attribute(target, extract, tok, n_target, s.attribution_vocab)
+        src_attr = locate.attribute(source, extract, tok, n_target, s.attribution_vocab, ctx.shard)
+        tgt_attr = locate.attribute(target, extract, tok, n_target, s.attribution_vocab, ctx.shard)
         transfer = Transfer(source, target, src_attr, tgt_attr, s)
     del source
     gc.collect()

@@ -24,6 +24,7 @@ from torch import nn
 
 from pipeline.core.adapter import ModelAdapter
 from pipeline.baselines.context import trim
+from pipeline.compute.parallel import SINGLE, Shard
 from pipeline.core.data import EncodedSplit
 
 UNIT_CHUNK = 256  # units scored per logit-lens matmul: bounds the (chunk, V) logits in memory
@@ -140,6 +141,13 @@ def unit_importance(adapter: ModelAdapter, residual: torch.Tensor, coeff: torch.
     residual (N, D); coeff (N, U) the units' activations; columns (D, U) the write vectors;
     vocab_size: see :func:`readout_vocab`. Computed where the model is; returned on the CPU.
     """
+    return (unit_importance_sum(adapter, residual, coeff, columns, w, vocab_size) / len(residual)).float()
+
+
+@torch.no_grad()
+def unit_importance_sum(adapter: ModelAdapter, residual: torch.Tensor, coeff: torch.Tensor, columns: torch.Tensor,
+                        w: torch.Tensor, vocab_size: int = 0) -> torch.Tensor:
+    """:func:`unit_importance` summed over the examples instead of averaged: (U,) float64 on the CPU."""
     total = torch.zeros(coeff.shape[1], dtype=torch.float64, device=residual.device)
     cols = columns.float().T.to(residual.device)  # (U, D)
     for r, c, wi in zip(residual, coeff, w):
@@ -148,7 +156,7 @@ def unit_importance(adapter: ModelAdapter, residual: torch.Tensor, coeff: torch.
         for s in range(0, cols.shape[0], UNIT_CHUNK):
             states = r + c[s:s + UNIT_CHUNK, None] * cols[s:s + UNIT_CHUNK]
             total[s:s + UNIT_CHUNK] += (log_prob(adapter, states, wi, vocab) - base).double()
-    return (total / len(residual)).float().cpu()
+    return total.cpu()
 
 
 @dataclass
@@ -184,27 +192,51 @@ def ranked(scores: torch.Tensor) -> torch.Tensor:
     return torch.sort(scores, descending=True, stable=True).indices
 
 
+def rows(data: EncodedSplit, index: list[int]) -> EncodedSplit:
+    """The examples ``index`` of a split."""
+    pick = torch.tensor(index, dtype=torch.long)
+    return EncodedSplit([data.ids[i] for i in index], data.input_ids[pick], data.attention_mask[pick],
+                        data.supervised[pick])
+
+
 @torch.no_grad()
-def attribute(model: nn.Module, data: EncodedSplit, tokenizer, n_keep: int, vocab_size: int = 0) -> Attribution:
+def attribute(model: nn.Module, data: EncodedSplit, tokenizer, n_keep: int, vocab_size: int = 0,
+              shard: Shard = SINGLE) -> Attribution:
     """Layer importances for every block; keep ``n_keep`` blocks per sub-layer kind, in order;
-    unit importances for the kept blocks only (the expensive part: one logit lens per unit)."""
+    unit importances for the kept blocks only (the expensive part: one logit lens per unit).
+
+    Data parallel (``shard``): each process scores every world-th example; the per-example
+    sums are added over the processes (float64) before the means, so every process keeps the
+    same blocks and ranks the same units.
+    """
     adapter = ModelAdapter(model)
+    n = len(data.input_ids)
+    mine = [i for i, _ in shard.mine(range(n))]
     positions, w = answer_positions(tokenizer, data)
-    w = w.to(adapter.lm_head.device)
-    cap = capture(model, data, positions.to(data.input_ids.device))
-    attn_layer, ffn_layer = [], []
-    for k in range(adapter.n_layers):
+    w = w[mine].to(adapter.lm_head.device)
+    cap = capture(model, rows(data, mine), positions[mine].to(data.input_ids.device)) if mine else None
+    layer = torch.zeros(2, adapter.n_layers, dtype=torch.float64)  # attention, feed-forward sums
+    for k in range(adapter.n_layers if cap else 0):
         r_attn = cap.block_in[k]
         r_ffn = r_attn + cap.attn_out[k]
-        attn_layer.append(float((log_prob(adapter, r_ffn, w) - log_prob(adapter, r_attn, w)).mean()))
-        ffn_layer.append(float((log_prob(adapter, r_ffn + cap.mlp_out[k], w) - log_prob(adapter, r_ffn, w)).mean()))
+        layer[0, k] = float((log_prob(adapter, r_ffn, w) - log_prob(adapter, r_attn, w)).double().sum())
+        layer[1, k] = float((log_prob(adapter, r_ffn + cap.mlp_out[k], w) - log_prob(adapter, r_ffn, w)).double().sum())
+    shard.all_sum([layer])
+    attn_layer, ffn_layer = (layer / n).tolist()
     attn_kept, ffn_kept = keep_layers(attn_layer, n_keep), keep_layers(ffn_layer, n_keep)
-    ffn_units, o_units, v_units = {}, {}, {}
-    for k in ffn_kept:
-        r = cap.block_in[k - 1] + cap.attn_out[k - 1]
-        ffn_units[k] = unit_importance(adapter, r, cap.down_in[k - 1], adapter.linear(k, "down").weight, w, vocab_size)
-    for k in attn_kept:
-        o_units[k] = unit_importance(adapter, cap.block_in[k - 1], cap.o_in[k - 1], adapter.linear(k, "o").weight, w,
-                                     vocab_size)
-        v_units[k] = value_rows(adapter, o_units[k])
+
+    def units(k: int, role: str) -> torch.Tensor:
+        """Summed importance of the units written by ``role`` (down or o) of block k."""
+        weight = adapter.linear(k, role).weight
+        if cap is None:
+            return torch.zeros(weight.shape[1], dtype=torch.float64)
+        residual = cap.block_in[k - 1] + (cap.attn_out[k - 1] if role == "down" else 0)
+        coeff = cap.down_in[k - 1] if role == "down" else cap.o_in[k - 1]
+        return unit_importance_sum(adapter, residual, coeff, weight, w, vocab_size)
+
+    sums = {("down", k): units(k, "down") for k in ffn_kept} | {("o", k): units(k, "o") for k in attn_kept}
+    shard.all_sum(list(sums.values()))
+    ffn_units = {k: (sums[("down", k)] / n).float() for k in ffn_kept}
+    o_units = {k: (sums[("o", k)] / n).float() for k in attn_kept}
+    v_units = {k: value_rows(adapter, o_units[k]) for k in attn_kept}
     return Attribution(attn_layer, ffn_layer, attn_kept, ffn_kept, ffn_units, o_units, v_units)

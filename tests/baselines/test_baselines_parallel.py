@@ -30,8 +30,9 @@ def _run(tiny_root: Path, where: Path, params: dict, method: str, processes: int
 @pytest.mark.parametrize("method", ["seeking", "laten"])
 def test_two_processes_train_the_model_one_process_trains(params, tiny_root, tmp_path, method):
     """SEEKING: the sensitivity pass splits the seed examples and sums over the processes, then
-    the LoRA training is data-parallel; LaTen: the hypernetworks train data-parallel and the
-    validation losses that choose checkpoint and rate are computed on shares of the batches.
+    the LoRA training is data-parallel; LaTen: the locate step splits the extract examples, the
+    hypernetworks train data-parallel and the validation losses that choose checkpoint and
+    rate are computed on shares of the batches.
     Dropout off: its masks are drawn per process. Batches of 4: LaTen's 8 validation examples
     make two batches, one per process."""
     params["baselines"]["lora"]["dropout"] = 0.0
@@ -50,7 +51,11 @@ def test_two_processes_train_the_model_one_process_trains(params, tiny_root, tmp
         assert r2["layer_scores"] == pytest.approx(r1["layer_scores"], rel=1e-5)  # every seed example counted once
         assert r2["source_layers"] == r1["source_layers"]
     else:
-        assert r2["chosen"] == r1["chosen"] and r2["selection"] == r1["selection"]
+        assert r2["chosen"] == r1["chosen"] and r2["selection"] == r1["selection"] and r2["pairs"] == r1["pairs"]
+        for model in ("source", "target"):  # the locate step's layer scores, split over the extract examples
+            for kind in ("attn", "ffn"):
+                assert r2["layer_importance"][model][kind] == \
+                    pytest.approx(r1["layer_importance"][model][kind], abs=1e-6)  # float32 log-probs of ~10
         assert [row["val_loss"] for row in r2["validation"]] == \
             pytest.approx([row["val_loss"] for row in r1["validation"]], rel=1e-5)
         assert r2["target_val_loss"] == pytest.approx(r1["target_val_loss"], rel=1e-6)
