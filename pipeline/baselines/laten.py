@@ -26,7 +26,7 @@ from pipeline.core.adapter import ModelAdapter
 from pipeline.baselines import laten_locate as locate
 from pipeline.baselines.context import Context, Result, trim
 from pipeline.baselines.losses import supervised_ce
-from pipeline.core.data import EncodedSplit
+from pipeline.core.data import EncodedSplit, batches
 from pipeline.core.errors import PipelineError
 from pipeline.baselines.training import TrainSettings, plan, positions, train
 from pipeline.compute.parallel import SINGLE, Shard
@@ -180,9 +180,8 @@ class AddDeltas(nn.Module):
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
         t, key = self._transfer, self._key
-        delta = t.deltas[key].to(weight.dtype)
+        delta = t.deltas[key].to(weight.device, weight.dtype)  # a spread target: this block may sit on another GPU
         idx = t.slots[key][: delta.shape[0]]
-        delta = delta.to(weight.device)  # a spread target: this block may sit on another GPU
         return weight.index_add(0, idx, delta) if ROWS[key[1]] else weight.index_add(1, idx, delta.T)
 
 
@@ -215,18 +214,16 @@ def validation_loss(adapter: ModelAdapter, data: EncodedSplit, batch_size: int, 
     """Mean CE over all supervised positions of ``data`` (position-weighted across batches).
     Data parallel: each process scores every world-th batch; the batch sums are added in
     batch order on every process, so all get the one-process number."""
-    starts = range(0, len(data.input_ids), batch_size)
     pieces = []
-    for i, start in shard.mine(starts):
-        ids, mask, sup = trim(data, torch.arange(start, min(start + batch_size, len(data.input_ids))))
+    for i, rows in shard.mine(batches(len(data.ids), batch_size)):
+        ids, mask, sup = trim(data, torch.arange(rows.start, rows.stop))
         n = int(sup.sum())
         ce = float(supervised_ce(adapter.supervised_logits(ids, mask, sup), ids, sup)) if n else 0.0
         pieces.append((i, ce * n, n))
     total, count = 0.0, 0
     for _, ce_sum, n in sorted(p for part in shard.all_gather(pieces) for p in part):
-        if n:
-            total += ce_sum
-            count += n
+        total += ce_sum
+        count += n
     return total / max(count, 1)
 
 
